@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from transport.codecs.base import Codec, Payload, State
+from transport.downlink import Broadcast, Replica
 
 PREFIX = "uplink/"
 
@@ -55,25 +56,24 @@ class UplinkDecoder:
 
 class Downlink:
     """The server's broadcast. A lossy codec sends the change of the global parameters since the last broadcast
-    (the first goes whole); clients add what they decode to `replica`. With error feedback (`ef(...)`) the replica
-    stays within the residual of the true parameters; a biased codec without it lets the replica drift."""
+    (the first goes whole), and `mirror` is the replica every up-to-date client holds. With error feedback
+    (`ef(...)`) the replica stays within the residual of the true parameters; a biased codec without it lets the
+    replica drift."""
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        self.replica: Tensor | None = None
+        self.mirror = Replica(codec)
         self.previous: Tensor | None = None  # the parameters of the last broadcast
         self.sender_state: State = {}
-        self.receiver_state: State = {}  # the state every client's decoder holds; the server mirrors it
 
-    def broadcast(self, params: Tensor, seed: int) -> tuple[Tensor, int | None]:
-        """(the parameters clients now hold, the payload bytes each client receives, or None when the parameters
-        themselves went out and travel as they are)."""
+    def broadcast(self, version: int, params: Tensor, seed: int) -> Broadcast:
+        """What clients receive of `params` as `version`."""
         if self.codec.lossless or self.previous is None:
-            self.replica = self.previous = params
-            return params, None
+            self.mirror.set_whole(version, params, {})
+            self.previous = params
+            return Broadcast(params)
         generator = torch.Generator().manual_seed(seed)
-        payload, self.sender_state = self.codec.encode(params - self.previous, self.sender_state, generator)
-        change, self.receiver_state = self.codec.decode(payload, self.receiver_state)
-        self.replica = (self.replica + change).to(params.dtype)
+        change, self.sender_state = self.codec.encode(params - self.previous, self.sender_state, generator)
+        self.mirror.apply_change(version, change)
         self.previous = params
-        return self.replica, payload.nbytes()
+        return Broadcast(self.mirror.params, change, self.mirror.state)

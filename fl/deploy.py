@@ -22,8 +22,9 @@ from fl.worker import Worker, WorkerSetup
 from strategies.base import Federation
 from strategies.registry import strategy_config
 from transport.channel import Endpoint
-from transport.codecs.base import State
-from transport.codecs.cast import IdentityCodec
+from transport.codecs.base import Codec, State
+from transport.codecs.registry import make_codec
+from transport.downlink import Replica
 from transport.grpc_client import DONE, WAIT, Assignment, FederationClient
 from transport.messages import Result, Task
 
@@ -40,15 +41,15 @@ class RemotePool(WorkerPool):
 class ClientEndpoint(Endpoint):
     """One deployed client's side of the channel; its state never leaves this process."""
 
-    def __init__(self, connection: FederationClient) -> None:
+    def __init__(self, connection: FederationClient, downlink: Codec) -> None:
         self.connection = connection
+        self.replica = Replica(downlink)  # kept between tasks: later downloads are the changes since
         self.state: State = {}
         self._task_id = 0
 
     def open(self, assignment: Assignment) -> tuple[Task, Tensor]:
         self._task_id = assignment.task_id
-        payload = self.connection.fetch_params(assignment.task.version)
-        params, _ = IdentityCodec().decode(payload, {})
+        params = self.connection.update_replica(self.replica, assignment.task.version)
         return dataclasses.replace(assignment.task, state=self.state), params
 
     def send(self, result: Result) -> int:
@@ -69,7 +70,7 @@ def client_worker(connection: FederationClient, client_id: int) -> Worker:
     strategy = strategy_config(config.strategy.name, config.strategy.options).build(federation)
     setup = WorkerSetup(model_fn, data, config.client, strategy.client_algorithm, config.runtime.device,
                         config.runtime.threads_per_worker, config.transport.uplink)
-    return Worker(setup, ClientEndpoint(connection))
+    return Worker(setup, ClientEndpoint(connection, make_codec(config.transport.downlink)))
 
 
 def run_client(connection: FederationClient, client_id: int, log: Any = sys.stderr) -> int:

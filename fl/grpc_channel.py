@@ -15,6 +15,7 @@ from torch import Tensor
 
 from transport.channel import Channel, Endpoint, UpdateRefused
 from transport.codecs.cast import IdentityCodec
+from transport.downlink import Broadcast
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
 from transport.grpc_server import serve
@@ -110,9 +111,9 @@ class GrpcChannel(Channel):
             raise ValueError("the server is not ready for updates")
         return self.decode_update(client_id, payload)
 
-    def publish(self, version: int, global_params: Tensor, charge: int | None = None) -> None:
-        payload, _ = IdentityCodec().encode(global_params.detach().cpu(), {})
-        self.board.publish(version, payload, charge)
+    def publish(self, version: int, broadcast: Broadcast) -> None:
+        payload, _ = IdentityCodec().encode(broadcast.params.detach().cpu(), {})
+        self.board.publish(version, payload, broadcast.change, broadcast.state)
 
     def post(self, task: Task) -> tuple[int, int]:
         return self.board.post(task), task.client_id

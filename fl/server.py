@@ -154,8 +154,8 @@ class Server:
         Clients receive the downlink codec's replica of them."""
         if self._published is not self.global_params:
             self.version += 1
-            replica, charge = self.downlink.broadcast(self.global_params, derive_seed(self.setup.seed, self.version, CODEC))
-            self.channel.publish(self.version, replica, charge)
+            seed = derive_seed(self.setup.seed, self.version, CODEC)
+            self.channel.publish(self.version, self.downlink.broadcast(self.version, self.global_params, seed))
             self._published = self.global_params
         return self.version
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -28,6 +29,7 @@ hidden = [16]
 name = "scaffold"
 [transport]
 uplink = "ef21(topk:ratio=0.1)"
+downlink = "ef21(topk:ratio=0.1)"
 """
 
 
@@ -64,6 +66,9 @@ def test_three_client_processes_give_the_same_model_as_the_in_process_simulation
     deployed = torch.load(tmp_path / "deploy" / "model.pt")["params"]
     simulated = run_simulation(load_config(config, ['runtime.backend="local"']), write=False, show_progress=False)
     assert torch.equal(deployed, simulated.global_params)
+    first, *later = [json.loads(line)["bytes_down"] for line in (tmp_path / "deploy" / "metrics.jsonl").open()]
+    whole = 3 * 4 * deployed.numel()  # three clients download the float32 model in round 1 (SCAFFOLD adds its c)
+    assert all(first - b > 0.7 * whole for b in later)  # later, each client downloads one change: 10 % of entries
 
 
 def test_tls_with_per_client_tokens_and_a_wrong_token_refused(tmp_path, certificate):

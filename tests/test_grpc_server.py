@@ -56,7 +56,7 @@ def test_traffic_counts_the_serialized_frames(fed: Federation) -> None:
     fed.client.fetch_params(1, 4)
     fed.client.push_result(task_id, sent)
 
-    params = wire.params_frame(1, raw(torch.arange(SIZE, dtype=torch.float32)))
+    params = wire.params_frame(wire.ParamsMessage(1, raw(torch.arange(SIZE, dtype=torch.float32))))
     down = [*framing.to_frames(*wire.task_frame(task, task_id), CHUNK), *framing.to_frames(*params, CHUNK)]
     up = list(framing.to_frames(*wire.result_frame(sent, task_id), CHUNK))
     assert len(down) > 5 and len(up) > 5  # several data frames each way

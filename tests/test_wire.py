@@ -99,11 +99,15 @@ def test_result_round_trip_is_exact(result: Result, task_id: int, chunk_size: in
 
 
 @settings(max_examples=40, deadline=None)
-@given(payload=payloads, version=INT64, chunk_size=CHUNK_SIZES)
-def test_params_round_trip_is_exact(payload: Payload, version: int, chunk_size: int) -> None:
-    got_version, got = wire.params_from_frame(*through_frames(wire.params_frame(version, payload), chunk_size))
+@given(payload=payloads, version=INT64, base=INT64, state=tensor_dicts(), chunk_size=CHUNK_SIZES)
+def test_params_round_trip_is_exact(payload: Payload, version: int, base: int, state: dict[str, torch.Tensor],
+                                    chunk_size: int) -> None:
+    sent = wire.ParamsMessage(version, payload, base, state)
 
-    assert got_version == version and same_payload(got, payload)
+    got = wire.params_from_frame(*through_frames(wire.params_frame(sent), chunk_size))
+
+    assert (got.version, got.base_version) == (version, base)
+    assert same_payload(got.payload, payload) and same_tensors(got.state, state)
 
 
 def test_bfloat16_bits_survive() -> None:

@@ -26,8 +26,8 @@ def test_a_25_mb_update_round_trips_exactly_in_bounded_frames() -> None:
     values = torch.randn(6_500_000, generator=torch.Generator().manual_seed(0))
     payload = Payload("raw", tuple(values.shape), torch.float32, {"scale": 0.5}, {"values": values})
 
-    frames = list(framing.to_frames(*wire.params_frame(3, payload), CHUNK))
-    version, got = wire.params_from_frame(*framing.from_frames(frames))
+    frames = list(framing.to_frames(*wire.params_frame(wire.ParamsMessage(3, payload)), CHUNK))
+    version, got, _, _ = wire.params_from_frame(*framing.from_frames(frames))
 
     assert max(frame.ByteSize() for frame in frames) <= CHUNK + FRAME_OVERHEAD
     assert len(frames) == 1 + -(-values.numel() * 4 // CHUNK)
@@ -43,10 +43,10 @@ def test_data_frames_pack_parts_back_to_back() -> None:
 
 
 def test_inline_parts_need_no_data_frames() -> None:
-    header, data = wire.params_frame(0, Payload("raw", (2,), torch.int8, parts={"values": torch.tensor([1, 2])}))
+    header, data = wire.params_frame(wire.ParamsMessage(0, Payload("raw", (2,), torch.int8, parts={"values": torch.tensor([1, 2])})))
     header.params.tensor.parts[0].data = bytes(data[0])  # replaces the byte count
 
-    _, got = wire.params_from_frame(*framing.from_frames([header]))
+    got = wire.params_from_frame(*framing.from_frames([header])).payload
 
     assert got.parts["values"].tolist() == [1, 2]
 
@@ -91,7 +91,7 @@ def test_a_header_announcing_too_much_is_refused_before_allocating() -> None:
 
 
 def test_to_frames_checks_the_parts_against_the_header() -> None:
-    header, data = wire.params_frame(0, Payload("raw", (2,), torch.int8, parts={"values": torch.tensor([1, 2])}))
+    header, data = wire.params_frame(wire.ParamsMessage(0, Payload("raw", (2,), torch.int8, parts={"values": torch.tensor([1, 2])})))
 
     with pytest.raises(ValueError, match="announces parts of"):
         list(framing.to_frames(header, data + data, CHUNK))

@@ -17,9 +17,11 @@ from torch import Tensor
 from transport import framing, wire
 from transport.auth import WORKER
 from transport.channel import Traffic
-from transport.codecs.base import Payload
+from transport.codecs.base import Payload, State
+from transport.downlink import DownloadLedger, catch_up
 from transport.messages import EVALUATE, TRAIN, Result, Task
 from transport.proto import fl_pb2
+from transport.wire import ParamsMessage
 
 MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
 Code = grpc.StatusCode
@@ -56,8 +58,9 @@ class TaskBoard:
         max_staleness: int = 0,
         charge_params_per_task: bool = False,
     ) -> None:
-        """`charge_params_per_task`: charge each posted task's client the serialized size of its version's parameter
-        frames, and count no fetch (a simulation worker fetches once per version for the many clients it runs)."""
+        """`charge_params_per_task`: charge each posted task's client what a real client would download for its
+        version (the changes since the version it last held, or the whole parameters), and count no fetch (a
+        simulation worker fetches once per version for the many clients it runs)."""
         self.decode_update = decode_update
         self.charge_params_per_task = charge_params_per_task
         self.welcome = ""  # sent to every client that joins (the run's configuration)
@@ -68,8 +71,9 @@ class TaskBoard:
         self.max_staleness = max_staleness
         self.traffic = Traffic()
         self._lock = threading.Condition()
-        self._params: dict[int, list[bytes]] = {}  # version -> serialized frames
-        self._charges: dict[int, int] = {}  # version -> bytes a task of that version is charged
+        self._params: dict[int, list[bytes]] = {}  # version -> serialized frames of the whole parameters
+        self._changes: dict[int, list[bytes]] = {}  # version -> serialized frames of the change from version - 1
+        self.downloads = DownloadLedger()  # the kept changes' sizes; with charge_params_per_task, who holds what
         self._version: int | None = None
         self._entries: dict[int, _Entry] = {}
         self._queues: dict[int, deque[int]] = {}  # client id -> ids of its tasks not yet pulled
@@ -103,19 +107,26 @@ class TaskBoard:
         with self._lock:
             return self._lock.wait_for(lambda: self._joined <= self._told_done, timeout)
 
-    def publish(self, version: int, params: Payload, charge: int | None = None) -> None:
-        """Make the (encoded) global parameters of `version` current; serialized once for every fetch. `charge`
-        replaces the frames' size in what `charge_params_per_task` counts (a compressed broadcast's bytes)."""
-        frames = framing.to_frames(*wire.params_frame(version, params), self.chunk_size)
-        serialized = [frame.SerializeToString() for frame in frames]
+    def publish(self, version: int, params: Payload, change: Payload | None = None, state: State | None = None) -> None:
+        """Make the (encoded) global parameters of `version` current, serialized once for every fetch: whole (with
+        the downlink decoder's `state`), and as the compressed `change` from the version before when there is one."""
+        whole = self._serialized(ParamsMessage(version, params, 0, state or {}))
+        changed = None if change is None else self._serialized(ParamsMessage(version, change, version - 1))
         with self._lock:
             if self._version is not None and version < self._version:
                 raise ValueError(f"version {version} is older than the published version {self._version}")
-            self._params[version] = serialized
-            self._charges[version] = sum(map(len, serialized)) if charge is None else charge
+            self._params[version] = whole
             self._version = version
+            if changed is not None:
+                self._changes[version] = changed
+            self.downloads.published(version, None if changed is None else sum(map(len, changed)), _size(whole))
             for old in [v for v in self._params if v < version - self.max_staleness]:
-                del self._params[old], self._charges[old]
+                del self._params[old]
+            for old in self._changes.keys() - self.downloads.change_sizes.keys():
+                del self._changes[old]
+
+    def _serialized(self, message: ParamsMessage) -> list[bytes]:
+        return [frame.SerializeToString() for frame in framing.to_frames(*wire.params_frame(message), self.chunk_size)]
 
     def post(self, task: Task) -> int:
         """Store a task until its client takes it; returns its task id (1, 2, ...)."""
@@ -126,7 +137,8 @@ class TaskBoard:
                 raise ValueError(f"task for version {task.version}; the published versions are {list(self._params)}")
             task_id, self._next_id = self._next_id, self._next_id + 1
             if self.charge_params_per_task:
-                self.traffic.add_down(task.client_id, self._charges[task.version])
+                whole = _size(self._params[task.version])
+                self.traffic.add_down(task.client_id, self.downloads.charge(task.client_id, task.version, whole))
             self._entries[task_id] = _Entry(task)
             self._queues.setdefault(task.client_id, deque()).append(task_id)
             self._lock.notify_all()
@@ -166,11 +178,14 @@ class TaskBoard:
             self._unqueue(task_id, client_id)
             return task_id, entry.task
 
-    def _params_frames(self, version: int) -> list[bytes]:
+    def _params_frames(self, version: int, base_version: int = 0) -> list[bytes]:
+        """The changes since `base_version` when they are kept and cost less, else the whole parameters."""
         with self._lock:
             if version not in self._params:
                 raise Refused(Code.NOT_FOUND, f"version {version} is not published (have {list(self._params)})")
-            return self._params[version]
+            whole = self._params[version]
+            chain = catch_up(base_version, version, self.downloads.change_sizes, _size(whole))
+            return whole if chain is None else [frame for v in chain for frame in self._changes[v]]
 
     def _reserve(self, task_id: int, client_id: int, version: int, kind: str) -> None:
         """Claim a task for the result now arriving; checks that the result may answer it."""
@@ -233,3 +248,7 @@ class TaskBoard:
             queue.remove(task_id)
             if not queue:
                 del self._queues[client_id]
+
+
+def _size(frames: list[bytes]) -> int:
+    return sum(map(len, frames))

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from transport.codecs.base import Payload
+from transport.downlink import Broadcast
 from transport.messages import Result, Task
 
 UpdateDecoder = Callable[[int, Payload], Tensor]  # (client id, payload) -> update; ValueError if it is bad
@@ -92,9 +93,9 @@ class Channel(ABC):
         """Release what the channel holds open (a server, a port)."""
 
     @abstractmethod
-    def publish(self, version: int, global_params: Tensor, charge: int | None = None) -> None:
-        """Make the global parameters of `version` available to the tasks posted next. `charge`: the bytes each
-        client is counted for them when a downlink codec sent less than the parameters themselves."""
+    def publish(self, version: int, broadcast: Broadcast) -> None:
+        """Make the global parameters of `version` available to the tasks posted next; each task's client is
+        counted for what it downloads: the changes since the version it holds, or the whole parameters."""
 
     @abstractmethod
     def post(self, task: Task) -> Any:

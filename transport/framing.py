@@ -27,7 +27,7 @@ def tensor_parts(header: fl_pb2.Frame) -> list[fl_pb2.TensorPart]:
     if kind == "result":
         return [*header.result.update.parts, *header.result.tensors, *header.result.state]
     if kind == "params":
-        return list(header.params.tensor.parts)
+        return [*header.params.tensor.parts, *header.params.state]
     raise ValueError(f"expected a header frame ({', '.join(HEADER_KINDS)}), got {kind or 'an empty frame'}")
 
 

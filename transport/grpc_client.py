@@ -8,15 +8,17 @@ call for its own client id, or `client_id` and `token` for a deployed client tha
 from __future__ import annotations
 
 import itertools
-
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import grpc
+from torch import Tensor
 
 from transport import framing, wire
 from transport.auth import WORKER, auth_metadata, client_token
 from transport.codecs.base import Payload
+from transport.codecs.cast import IdentityCodec
+from transport.downlink import Replica
 from transport.messages import Result, Task
 from transport.proto import fl_pb2, fl_pb2_grpc
 
@@ -99,16 +101,40 @@ class FederationClient:
         return assignments
 
     def fetch_params(self, version: int, client_id: int | None = None, *, use_cache: bool = True) -> Payload:
-        """The encoded global parameters of `version`; the last version fetched is reused when `use_cache`
+        """The encoded global parameters of `version`, whole; the last version fetched is reused when `use_cache`
         (a simulation worker acting for many clients fetches once per client, as each real client would)."""
         if use_cache and self._params is not None and self._params[0] == version:
             return self._params[1]
-        client_id = self._caller(client_id)
-        frames = self._stub.FetchParams(fl_pb2.ParamsRequest(version=version, client_id=client_id),
-                                        timeout=self.timeout_seconds, metadata=self._metadata(client_id))
-        header, data = framing.from_frames(frames, ("params",))
-        self._params = wire.params_from_frame(header, data)
+        messages = self._fetch(version, self._caller(client_id), base_version=0)
+        if len(messages) != 1 or messages[0].base_version:
+            raise ValueError("the server answered a request for the whole parameters with changes")
+        self._params = (version, messages[0].payload)
         return self._params[1]
+
+    def update_replica(self, replica: Replica, version: int, client_id: int | None = None) -> Tensor:
+        """Bring `replica` to `version`: the server sends the compressed changes since the version it holds, or the
+        whole parameters (with the downlink decoder's state); returns the replica's parameters."""
+        if replica.version != version:
+            for message in self._fetch(version, self._caller(client_id), base_version=replica.version):
+                if message.base_version:
+                    replica.apply_change(message.version, message.payload)
+                else:
+                    params, _ = IdentityCodec().decode(message.payload, {})
+                    replica.set_whole(message.version, params, dict(message.state))
+        if replica.version != version:
+            raise ValueError(f"the server's download ended at version {replica.version}, not {version}")
+        return replica.params
+
+    def _fetch(self, version: int, client_id: int, base_version: int) -> list[wire.ParamsMessage]:
+        """Every params message of one FetchParams stream (a whole download, or a chain of changes)."""
+        request = fl_pb2.ParamsRequest(version=version, client_id=client_id, base_version=base_version)
+        frames = self._stub.FetchParams(request, timeout=self.timeout_seconds, metadata=self._metadata(client_id))
+        messages = []
+        while (header := next(frames, None)) is not None:
+            if header.WhichOneof("body") != "params":
+                raise ValueError(f"expected a params frame, got {header.WhichOneof('body') or 'nothing'}")
+            messages.append(wire.params_from_frame(header, framing.read_parts(header, frames)))
+        return messages
 
     def push_result(self, task_id: int, result: Result) -> int:
         """Send the result of task `task_id` (its update an encoded Payload); returns the task id the server stored."""

@@ -73,7 +73,7 @@ class FederationServicer:
     @_status
     def FetchParams(self, request: fl_pb2.ParamsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._check_client(context, request.client_id)
-        frames = self.board._params_frames(request.version)
+        frames = self.board._params_frames(request.version, request.base_version)
         return iter(frames) if self.board.charge_params_per_task else self._sent(request.client_id, frames)
 
     @_status

@@ -7,7 +7,8 @@ from typing import Any, Callable
 from torch import Tensor
 
 from transport.channel import Channel, Endpoint
-from transport.messages import Result, Task, result_bytes, task_bytes
+from transport.downlink import Broadcast, DownloadLedger
+from transport.messages import Result, Task, result_bytes, task_bytes, tensor_bytes
 
 
 def _same(value: Any) -> Any:
@@ -36,16 +37,20 @@ class InProcessChannel(Channel):
         self.share, self.pack, self.unpack = share, pack, unpack
         self._endpoint = endpoint or InProcessEndpoint()
         self._shared: Any = None
-        self._charge = 0
+        self._version, self._whole = 0, 0  # the published version and the bytes of its whole download
+        self.downloads = DownloadLedger()
 
-    def publish(self, version: int, global_params: Tensor, charge: int | None = None) -> None:
-        self._shared = self.share(global_params)
-        self._charge = global_params.numel() * global_params.element_size() if charge is None else charge
+    def publish(self, version: int, broadcast: Broadcast) -> None:
+        self._shared = self.share(broadcast.params)
+        self._version, self._whole = version, tensor_bytes({"params": broadcast.params, **broadcast.state})
+        change = None if broadcast.change is None else broadcast.change.nbytes()
+        self.downloads.published(version, change, self._whole)
 
     def post(self, task: Task) -> tuple[Any, Any]:
         if self._shared is None:
             raise RuntimeError("publish the global parameters before posting tasks")
-        self.traffic.add_down(task.client_id, task_bytes(task, self._charge))
+        download = self.downloads.charge(task.client_id, self._version, self._whole)
+        self.traffic.add_down(task.client_id, task_bytes(task, download))
         return self.pack(task), self._shared
 
     def receive(self, receipt: Any) -> Result:

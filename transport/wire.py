@@ -8,7 +8,8 @@ that `framing.read_parts` returns, in `framing.tensor_parts` order. Tensors trav
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -128,14 +129,28 @@ def result_from_frame(frame: fl_pb2.Frame, data: Sequence[bytearray]) -> tuple[i
     return message.task_id, result
 
 
-def params_frame(version: int, payload: Payload) -> Encoded:
-    tensor, data = payload_message(payload)
-    return fl_pb2.Frame(params=fl_pb2.Params(version=version, tensor=tensor)), data
+class ParamsMessage(NamedTuple):
+    """The global parameters of `version`: whole (base_version 0, with the downlink decoder's state) or the change
+    from `base_version`."""
+
+    version: int
+    payload: Payload
+    base_version: int = 0
+    state: Mapping[str, Tensor] = {}
 
 
-def params_from_frame(frame: fl_pb2.Frame, data: Sequence[bytearray]) -> tuple[int, Payload]:
-    """(version, global parameters) from a params header and its parts' bytes."""
-    return frame.params.version, payload_from_message(frame.params.tensor, _check_count(frame, data))
+def params_frame(message: ParamsMessage) -> Encoded:
+    tensor, data = payload_message(message.payload)
+    frame = fl_pb2.Frame(params=fl_pb2.Params(version=message.version, tensor=tensor, base_version=message.base_version))
+    return frame, data + _add_parts(frame.params.state, message.state)
+
+
+def params_from_frame(frame: fl_pb2.Frame, data: Sequence[bytearray]) -> ParamsMessage:
+    """The params message of a header and its parts' bytes."""
+    data, params = _check_count(frame, data), frame.params
+    num_payload = len(params.tensor.parts)
+    payload = payload_from_message(params.tensor, data[:num_payload])
+    return ParamsMessage(params.version, payload, params.base_version, _tensors(params.state, data[num_payload:]))
 
 
 def _add_parts(parts, tensors: dict[str, Tensor]) -> list[memoryview]:
