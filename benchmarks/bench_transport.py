@@ -7,10 +7,13 @@
    uplink (the baseline), then gRPC with identity and with each uplink codec: bytes, final accuracy, time per round.
    Seeds run in the outer loop and paths in the inner one, so slow drift of the machine touches every row alike.
    A "targets" section states each target, the measured figure and whether it is met.
+2b. (--sweep) Top-k with error feedback at 10, 50 and 100 clients per round and at ratios 1 %, 3 % and 10 %: where
+   the accuracy target is met, and what it costs in bytes.
 3. (--ray) The same per-round overhead of gRPC over the direct channel on the Ray backend.
 
     python benchmarks/bench_transport.py                    # tables 1 and 2: 3 seeds, 20 rounds
     python benchmarks/bench_transport.py --ray              # and table 3
+    python benchmarks/bench_transport.py --sweep            # and table 2b (about 4 minutes a seed)
     python benchmarks/bench_transport.py --quick            # 10 MB, 1 seed, 5 rounds (development)
 """
 
@@ -281,6 +284,44 @@ def print_targets(rows: list[tuple[str, str, bool | None]], seeds: list[int]) ->
         print(f"  {target}: {measured} -> {verdict(met)}")
 
 
+# Table 2b (--sweep): where top-k with error feedback meets the accuracy target, by participation and ratio.
+
+SWEEP_CODECS = [  # (label, uplink spec); the first is each participation's reference
+    ("identity", "identity"),
+    ("topk 1% (no EF)", "topk:ratio=0.01"),
+    ("ef(topk 1%+fp16)", "ef(topk:ratio=0.01+fp16)"),
+    ("ef21(topk 1%+fp16)", "ef21(topk:ratio=0.01+fp16)"),
+    ("ef(topk 3%+fp16)", "ef(topk:ratio=0.03+fp16)"),
+    ("ef(topk 10%+fp16)", "ef(topk:ratio=0.1+fp16)"),
+]
+
+
+def sweep_table(seeds: list[int], rounds: int, per_round: tuple[int, ...] = (10, 50, 100),
+                codecs: list[tuple[str, str]] = SWEEP_CODECS, extra: tuple[str, ...] = ()) -> dict[int, dict[str, PathRuns]]:
+    """Final accuracy against identity, on the direct channel, for each clients-per-round count and uplink codec."""
+    print(f"\n== 2b. The same workload, {rounds} rounds, by clients per round: final accuracy of each uplink codec "
+          f"against identity at the same participation; mean over {plural(len(seeds), 'seed')} ==")
+    print(f"{'per round':>9}  {'uplink codec':<22}{'x fewer':>9}{'final acc':>11}{'d acc pts':>11}{'   within 1 pt':>15}")
+    found: dict[int, dict[str, PathRuns]] = {}
+    for count in per_round:
+        paths = [(label, "direct", spec) for label, spec in codecs]
+        runs, _, _ = run_paths(seeds, rounds, paths, (*extra, f"sampling.per_round={count}"))
+        reference = runs[codecs[0][0]]
+        for label, _ in codecs:
+            r = runs[label]
+            if not r.accuracy:
+                print(f"{count:>9}  {label:<22}  FAILED: {'; '.join(r.errors)}")
+                continue
+            change = accuracy_change(r, reference)
+            print(f"{count:>9}  {label:<22}{mean(reference.up_bytes) / mean(r.up_bytes):>9.1f}"
+                  f"{mean(list(r.accuracy.values())):>11.3f}{change:>+11.1f}"
+                  f"{'yes' if change >= -MAX_ACCURACY_LOSS else 'no':>15}")
+        found[count] = runs
+    print("x fewer: identity's uplink bytes per round / this codec's (direct channel: payload bytes). Each client "
+          "takes part in about rounds x per round / clients rounds; its EF residual waits that long in between.")
+    return found
+
+
 # Table 3: the Ray backend.
 
 def ray_table(rounds: int) -> None:
@@ -316,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20, help="rounds per run in tables 2 and 3 (default 20)")
     parser.add_argument("--ray", action="store_true", help="also table 3, the Ray backend")
     parser.add_argument("--quick", action="store_true", help="development: a 10 MB model, 1 seed, 5 rounds")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also table 2b: top-k with error feedback at 10, 50 and 100 clients per round")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     seeds, rounds = (1, 5) if args.quick else (args.seeds, args.rounds)
@@ -323,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     loopback_table(2_500_000 if args.quick else 25_000_000, 3)
     runs = codec_table(list(range(seeds)), rounds)
     print_targets(targets(runs), list(range(seeds)))
+    if args.sweep:
+        sweep_table(list(range(seeds)), rounds)
     if args.ray:
         ray_table(rounds)
 

@@ -46,3 +46,13 @@ def test_codec_table_and_targets_on_a_tiny_workload(bench, capsys):
     # the direct channel counts exactly the codec's payload for each of the 2 clients of a round
     assert runs["gRPC, ef(topk 1%)"].up_bytes[0] == 2 * bench.payload_bytes("topk:ratio=0.01", 60 * 8 + 8 + 8 * 10 + 10)
     assert [met for _, _, met in rows][-1] is None and len(rows) == 4
+
+
+def test_sweep_table_compares_each_codec_with_identity_at_each_participation(bench, capsys):
+    codecs = [("identity", "identity"), ("ef(topk 1%)", "ef(topk:ratio=0.01)")]
+
+    found = bench.sweep_table([0], rounds=2, per_round=(2, 4), codecs=codecs, extra=TINY)
+
+    out = capsys.readouterr().out
+    assert sorted(found) == [2, 4] and all(len(runs["identity"].accuracy) == 1 for runs in found.values())
+    assert out.count("ef(topk 1%)") == 2 and "within 1 pt" in out
