@@ -142,8 +142,9 @@ class Server:
             loss_sum += result.metrics["loss_sum"]
             correct += result.metrics["correct"]
             count += result.num_samples
-        self.channel.traffic.take()
-        return {"fed_test_loss": loss_sum / max(count, 1), "fed_test_accuracy": correct / max(count, 1)}
+        down, up = self.channel.traffic.take()
+        return {"fed_test_loss": loss_sum / max(count, 1), "fed_test_accuracy": correct / max(count, 1),
+                "fed_eval_bytes_down": sum(down.values()), "fed_eval_bytes_up": sum(up.values())}
 
     def close(self) -> None:
         self.pool.close()

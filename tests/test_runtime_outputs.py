@@ -32,6 +32,7 @@ def test_run_directory_holds_config_metrics_and_model_that_reload(tmp_path):
         assert len(per_client) == 4 and sum(up for _, up in per_client.values()) == line["bytes_up"]
         assert sum(down for down, _ in per_client.values()) == line["bytes_down"]
         assert 0.0 <= line["fed_test_accuracy"] <= 1.0
+        assert line["fed_eval_bytes_down"] > 3 * 4 * result.spec.num_params  # 3 evaluators fetch the new model
     reloaded = load_config(result.run_dir / "config.toml")
     assert reloaded == config
     saved = torch.load(result.run_dir / "model.pt")
