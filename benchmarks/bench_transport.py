@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -37,6 +38,7 @@ from transport.codecs.base import Payload
 from transport.codecs.cast import IdentityCodec
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
+from transport.channel import Admission
 from transport.grpc_server import serve
 from transport.messages import TRAIN, Result, Task
 
@@ -71,6 +73,20 @@ def decode_identity(client_id: int, payload: Payload) -> torch.Tensor:
     return IdentityCodec().decode(payload, {})[0]
 
 
+class IdentityAdmission(Admission):
+    """The loopback table's server admits client 0's identity-coded updates of any size."""
+
+    def __init__(self) -> None:
+        super().__init__(num_clients=1)
+
+    def upload_limit(self) -> int:
+        return 1 << 40
+
+    def admit(self, result: Result) -> Result:
+        self.check_client(result.client_id)
+        return dataclasses.replace(result, update=decode_identity(result.client_id, result.update))
+
+
 def loopback_seconds(num_floats: int, repeats: int) -> dict[str, list[float]]:
     """Seconds of each step, one entry per repeat; every round trip is checked to return the model bit for bit."""
     x = torch.randn(num_floats, generator=torch.Generator().manual_seed(0))
@@ -79,7 +95,7 @@ def loopback_seconds(num_floats: int, repeats: int) -> dict[str, list[float]]:
         start = time.perf_counter()
         x.clone()
         times["clone"].append(time.perf_counter() - start)
-    board = TaskBoard(decode_identity, chunk_size=CHUNK)
+    board = TaskBoard(IdentityAdmission(), chunk_size=CHUNK)
     server, port = serve(board)
     client = FederationClient(f"127.0.0.1:{port}", chunk_size=CHUNK, timeout_seconds=600.0)
     try:

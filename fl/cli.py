@@ -9,9 +9,15 @@ import grpc
 
 from fl.config import ConfigError, load_config
 from transport.channel import UpdateRefused
+from transport.grpc_server import ListenError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+HINTS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: " (no server answered in time: is it running there, and do its TLS settings "
+                                       "match?)",
+    grpc.StatusCode.ALREADY_EXISTS: " (`fl client --replace` takes over the client id)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--token", help="this client's token (see `fl token`), when the server requires tokens")
     client.add_argument("--root-cert", help="PEM certificate to trust, when the server uses TLS")
     client.add_argument("--timeout", type=float, default=120.0, help="seconds each call may take (default %(default)s)")
+    client.add_argument("--replace", action="store_true",
+                        help="take over this client id from a live session (a process that still runs with it)")
     token = commands.add_parser("token", help="print a client's token, derived from the server's secret")
     token.add_argument("--secret-file", required=True, help="the file named by transport.auth_secret_file")
     token.add_argument("--client-id", type=int, required=True)
@@ -70,7 +78,7 @@ def _client(args: argparse.Namespace) -> int:
 
     with FederationClient(args.server, client_id=args.client_id, token=args.token, root_cert_path=args.root_cert,
                           timeout_seconds=args.timeout) as connection:
-        run_client(connection, args.client_id)
+        run_client(connection, args.client_id, replace=args.replace)
     return 0
 
 
@@ -79,6 +87,8 @@ def _token(args: argparse.Namespace) -> int:
 
     from transport.auth import client_token
 
+    if args.client_id < 0:
+        raise ConfigError(f"--client-id must be >= 0, got {args.client_id} (no token acts for every client)")
     print(client_token(Path(args.secret_file).read_bytes().strip(), args.client_id))
     return 0
 
@@ -111,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FloatingPointError, UpdateRefused, TimeoutError) as error:
         print(f"fl: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ListenError as error:
+        print(f"fl: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except grpc.RpcError as error:
-        hint = " (no server answered in time: is it running there, and do its TLS settings match?)" \
-            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED else ""
+        hint = HINTS.get(error.code(), "")
         print(f"fl: error: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return EXIT_FAILED
 

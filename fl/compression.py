@@ -33,25 +33,36 @@ def encode_update(codec: Codec, update: Tensor, codec_state: State, seed: int) -
 
 
 class UplinkDecoder:
-    """The server side: decode a client's payload, refuse a wrong shape or dtype or a non-finite value."""
+    """The server side: decode a client's payload, refuse a wrong shape or dtype or a non-finite value. Decoding
+    changes nothing; `commit` stores the receiver state (EF21's estimate) of an update the server admitted."""
 
     def __init__(self, codec: Codec, num_params: int, dtypes: tuple[torch.dtype, ...]) -> None:
         self.codec, self.num_params, self.dtypes = codec, num_params, dtypes
         self.states: dict[int, State] = {}
 
-    def __call__(self, client_id: int, payload: Payload) -> Tensor:
+    def max_payload_bytes(self) -> int:
+        """The largest payload an update may have: the codec's size for the model in the widest allowed dtype."""
+        return max(self.codec.payload_nbytes(self.num_params, dtype) for dtype in self.dtypes)
+
+    def decode(self, client_id: int, payload: Payload) -> tuple[Tensor, State]:
+        """(update, the client's new receiver state); ValueError for anything malformed or not finite."""
         if payload.shape != (self.num_params,):
             raise ValueError(f"update has shape {payload.shape}, expected ({self.num_params},)")
         if payload.dtype not in self.dtypes:
             raise ValueError(f"update has dtype {payload.dtype}, expected one of {self.dtypes}")
         try:
             update, state = self.codec.decode(payload, self.states.get(client_id, {}))
-        except (ValueError, RuntimeError, KeyError) as error:
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as error:
             raise ValueError(f"update cannot be decoded: {error}") from None
         if update.shape != (self.num_params,) or not torch.isfinite(update).all():
             raise ValueError("update holds NaN or Inf values")
+        return update, state
+
+    def commit(self, client_id: int, state: State) -> None:
         self.states[client_id] = state
-        return update
+
+    def forget(self, client_id: int) -> None:
+        self.states.pop(client_id, None)
 
 
 class Downlink:

@@ -58,24 +58,26 @@ class ClientEndpoint(Endpoint):
         return self.connection.push_result(self._task_id, dataclasses.replace(result, state={}))
 
 
-def client_worker(connection: FederationClient, client_id: int) -> Worker:
-    """Join, and build the worker (model, data, strategy hook, codec) from the configuration the server sends."""
-    config = load_config_text(connection.join(client_id, wait_for_server=True).config)
+def client_worker(connection: FederationClient, client_id: int, replace: bool = False) -> Worker:
+    """Join (`replace`: ending a live session of the same id), and build the worker (model, data, strategy hook,
+    codec) from the configuration the server sends."""
+    config = load_config_text(connection.join(client_id, wait_for_server=True, replace=replace).config)
     data = build_data(config.data, config.seed)
     if not 0 <= client_id < data.num_clients:
         raise ValueError(f"client id {client_id} is outside 0..{data.num_clients - 1}")
     model_fn = build_model_fn(config.model, data)
     spec = ParamSpec.from_module(model_fn())
-    federation = Federation(data.num_clients, config.sampling.per_round, spec.num_params, spec.num_trainable)
+    federation = Federation(data.num_clients, config.sampling.per_round, spec.num_params, spec.num_trainable,
+                            spec.dtype)
     strategy = strategy_config(config.strategy.name, config.strategy.options).build(federation)
     setup = WorkerSetup(model_fn, data, config.client, strategy.client_algorithm, config.runtime.device,
                         config.runtime.threads_per_worker, config.transport.uplink)
     return Worker(setup, ClientEndpoint(connection, make_codec(config.transport.downlink)))
 
 
-def run_client(connection: FederationClient, client_id: int, log: Any = sys.stderr) -> int:
+def run_client(connection: FederationClient, client_id: int, log: Any = sys.stderr, replace: bool = False) -> int:
     """Serve tasks for `client_id` until the server says the run is over; returns how many tasks ran."""
-    worker = client_worker(connection, client_id)
+    worker = client_worker(connection, client_id, replace)
     print(f"client {client_id}: joined", file=log, flush=True)
     done = 0
     while (pulled := connection.pull_task(client_id, wait_seconds=POLL_SECONDS)) != DONE:

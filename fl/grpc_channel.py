@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from torch import Tensor
 
-from transport.channel import Channel, Endpoint, UpdateRefused
+from transport.channel import Admission, Channel, Endpoint, UpdateRefused
 from transport.codecs.cast import IdentityCodec
 from transport.downlink import Broadcast
 from transport.grpc_client import FederationClient
@@ -98,7 +98,8 @@ class GrpcChannel(Channel):
     def __init__(self, settings: GrpcSettings = GrpcSettings(), deployed: bool = False, welcome: str = "") -> None:
         super().__init__()
         self.settings, self.deployed = settings, deployed
-        self.board = TaskBoard(self._decode, chunk_size=settings.chunk_bytes, charge_params_per_task=not deployed)
+        self.board = TaskBoard(chunk_size=settings.chunk_bytes, charge_params_per_task=not deployed, deployed=deployed,
+                               session_seconds=settings.timeout_seconds)
         self.board.welcome = welcome
         self.traffic = self.board.traffic
         tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
@@ -106,10 +107,9 @@ class GrpcChannel(Channel):
                                   max_message_bytes=settings.max_message_bytes or None)
         self.address = advertised_address(settings.listen, port)
 
-    def _decode(self, client_id: int, payload: Any) -> Tensor:
-        if self.decode_update is None:
-            raise ValueError("the server is not ready for updates")
-        return self.decode_update(client_id, payload)
+    def admit_with(self, admission: Admission) -> None:
+        super().admit_with(admission)
+        self.board.admission = admission
 
     def publish(self, version: int, broadcast: Broadcast) -> None:
         payload, _ = IdentityCodec().encode(broadcast.params.detach().cpu(), {})

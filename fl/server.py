@@ -21,6 +21,7 @@ from fl.seeding import AVAILABILITY, CODEC, EVALUATION, INIT, SAMPLING, TRAINING
 from fl.state_store import ClientStateStore
 from fl.compression import Downlink, UplinkDecoder
 from fl.training import UPDATE_DTYPES, TrainConfig, evaluate
+from fl.validation import ResultAdmission
 from fl.worker import WorkerSetup, as_tensor, resolve_device
 from simulations.availability import available_clients
 from simulations.federated_data import FederatedData
@@ -55,12 +56,13 @@ class ServerSetup:
     threads: int = 1
     uplink: str = "identity"  # codec spec for client updates
     downlink: str = "identity"  # codec spec for the broadcast of the global parameters
+    clients_keep_state: bool = False  # deployment: clients keep their own state, and results may carry none
 
 
 class Server:
     def __init__(self, setup: ServerSetup, make_channel: ChannelFactory, make_pool: PoolFactory) -> None:
         torch.set_num_threads(setup.threads)
-        self.setup, self.channel = setup, make_channel()
+        self.setup = setup
         torch.manual_seed(derive_seed(setup.seed, INIT))
         self.device = resolve_device(setup.device)
         self.model = setup.model_fn().to(self.device)
@@ -69,11 +71,15 @@ class Server:
         self.version = 0  # of the last published global parameters
         self._published: Tensor | None = None
         data = setup.data
-        federation = Federation(data.num_clients, setup.per_round, self.spec.num_params, self.spec.num_trainable)
+        federation = Federation(data.num_clients, setup.per_round, self.spec.num_params, self.spec.num_trainable,
+                                self.global_params.dtype)
         self.strategy = setup.strategy.build(federation)
         self.store = ClientStateStore()
         update_dtype = UPDATE_DTYPES[setup.train_config.update_dtype]
-        self.channel.decode_update = UplinkDecoder(make_codec(setup.uplink), self.spec.num_params, (update_dtype,))
+        self.decoder = UplinkDecoder(make_codec(setup.uplink), self.spec.num_params, (update_dtype,))
+        self.channel = make_channel()
+        self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder,
+                                                self.strategy.reply_tensors, accept_state=not setup.clients_keep_state))
         self.downlink = Downlink(make_codec(setup.downlink))
         self.sizes = data.train_sizes()
         self.test_x, self.test_y = as_tensor(data.test_x, self.device), as_tensor(data.test_y, self.device)

@@ -112,6 +112,7 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
     shared = dataclasses.replace(config, transport=dataclasses.replace(config.transport, **private))
     make_channel = functools.partial(GrpcChannel, grpc_settings(config.transport), deployed=True,
                                      welcome=to_toml(to_dict(shared)))
+    setup = dataclasses.replace(setup, clients_keep_state=True)
     server = Server(setup, make_channel, lambda ws, endpoint: RemotePool())
     with _calling(server) as call:
         print(f"fl server: listening on {server.channel.address}; waiting for {config.sampling.per_round} clients",

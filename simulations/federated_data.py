@@ -41,6 +41,9 @@ class FederatedData:
     def train_sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def test_sizes(self) -> np.ndarray:
+        return np.diff(self.test_offsets)
+
     def client_train(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[client_id], self.offsets[client_id + 1]
         return self.x[lo:hi], self.y[lo:hi]

@@ -27,6 +27,15 @@ class Federation:
     per_round: int
     num_params: int  # length of the flat vector, buffers included
     num_trainable: int  # the leading entries that an optimizer trains
+    dtype: torch.dtype = torch.float32  # of the global parameters
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The shape and dtype of a tensor a reply must carry."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
 
 @dataclass
@@ -80,6 +89,7 @@ class SyncStrategy(ABC):
     """A synchronous round: pick clients and their settings, then fold their replies into a new global model."""
 
     client_algorithm: ClientAlgorithm | None = None
+    reply_tensors: dict[str, TensorSpec] = {}  # what every reply's `tensors` must hold, exactly (checked on receipt)
 
     @abstractmethod
     def configure(

@@ -25,6 +25,7 @@ from strategies.base import (
     Instruction,
     Reply,
     SyncStrategy,
+    TensorSpec,
     WeightedMean,
     apply_mean_update,
     sample_uniform,
@@ -71,6 +72,7 @@ class Scaffold(SyncStrategy):
         self.federation = federation
         self.config = config
         self.client_algorithm = ControlVariates()
+        self.reply_tensors = {"delta_c": TensorSpec((federation.num_trainable,), federation.dtype)}
         self.c: Tensor | None = None  # server control variate, trainable entries, in the global dtype
 
     def configure(

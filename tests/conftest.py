@@ -50,12 +50,12 @@ def fed():
     """A board with version 1 published, its gRPC server on 127.0.0.1, and a client of it."""
     import torch
 
-    from tests.grpc_helpers import CHUNK, SIZE, Federation, decode_raw, raw
+    from tests.grpc_helpers import CHUNK, SIZE, Federation, PayloadAdmission, raw
     from transport.grpc_client import FederationClient
     from transport.board import TaskBoard
     from transport.grpc_server import serve
 
-    board = TaskBoard(decode_raw, chunk_size=CHUNK)
+    board = TaskBoard(PayloadAdmission(), chunk_size=CHUNK)
     board.publish(1, raw(torch.arange(SIZE, dtype=torch.float32)))
     server, port = serve(board)
     client = FederationClient(f"127.0.0.1:{port}", chunk_size=CHUNK, timeout_seconds=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +12,7 @@ import torch
 from transport.codecs.base import Payload
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
+from transport.channel import Admission
 from transport.messages import Result
 
 SIZE = 10
@@ -33,6 +35,28 @@ def decode_raw(client_id: int, payload: Payload) -> torch.Tensor:
     if not torch.isfinite(values).all():
         raise ValueError("update has NaN or Inf values")
     return values.clone()
+
+
+class PayloadAdmission(Admission):
+    """A test server's admission: any client id below `num_clients`, results with finite tensors and their update
+    decoded by `decode(client_id, payload)`."""
+
+    def __init__(self, decode=None, num_clients: int = 64, limit: int = 1 << 34) -> None:
+        super().__init__(num_clients)
+        self.decode, self.limit = decode or decode_raw, limit
+
+    def upload_limit(self) -> int:
+        return self.limit
+
+    def admit(self, result: Result) -> Result:
+        self.check_client(result.client_id)
+        for where, tensors in (("tensors", result.tensors), ("state", result.state)):
+            for name, tensor in tensors.items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise ValueError(f"result {where}[{name!r}] has NaN or Inf values")
+        if result.update is None:
+            return result
+        return dataclasses.replace(result, update=self.decode(result.client_id, result.update))
 
 
 def result(client_id: int = 1, value: float = 1.0, **changes) -> Result:

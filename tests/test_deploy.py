@@ -89,9 +89,14 @@ def test_tls_with_per_client_tokens_and_a_wrong_token_refused(tmp_path, certific
 
     intruder = subprocess.run(fl_command("client", "--server", address, "--client-id", "0", "--root-cert", cert,
                                          "--token", tokens[1]), capture_output=True, text=True, timeout=60)
-    clients = run_clients(address, *[["--root-cert", cert, "--token", token] for token in tokens])
+    twin = subprocess.run(fl_command("client", "--server", address, "--client-id", "0", "--root-cert", cert,
+                                     "--token", tokens[0]), capture_output=True, text=True, timeout=60)
+    takes_over = [["--replace"], [], []]  # client 0's id is held by the peek's live session
+    clients = run_clients(address, *[["--root-cert", cert, "--token", token, *takes_over[i]]
+                                      for i, token in enumerate(tokens)])
 
     assert intruder.returncode == 1 and "UNAUTHENTICATED" in intruder.stderr
+    assert twin.returncode == 1 and "ALREADY_EXISTS" in twin.stderr and "--replace" in twin.stderr
     assert all(c.returncode == 0 for c in clients), [c.stderr for c in clients]
     assert server.wait(timeout=60) == 0
 

@@ -9,6 +9,7 @@ from fl.compression import Downlink
 from fl.grpc_channel import GrpcChannel
 from fl.simulation import run_simulation
 from tests.conftest import small_config
+from tests.grpc_helpers import PayloadAdmission
 from transport.codecs.registry import make_codec
 from transport.downlink import DownloadLedger, Replica, catch_up, keep_cheaper_than
 from transport.grpc_client import FederationClient
@@ -92,9 +93,11 @@ def test_a_client_catches_up_over_grpc_to_the_bits_of_the_servers_mirror(spec):
     """Version 1 goes whole; a client that held version 2 gets the chain 3..5, a new one the whole replica (with
     EF21's receiver state, so that it can decode later changes); both then hold the mirror's exact bits."""
     downlink, channel = Downlink(make_codec(spec)), GrpcChannel(deployed=True)
+    channel.admit_with(PayloadAdmission())
     behind, newcomer = Replica(make_codec(spec)), Replica(make_codec(spec))
     try:
         with FederationClient(channel.address, client_id=0) as client:
+            client.join(0)  # a deployed server serves a client within its session
             for version, params in enumerate(drifting(6), start=1):
                 channel.publish(version, downlink.broadcast(version, params, seed=version))
                 channel.traffic.take()
@@ -110,6 +113,8 @@ def test_a_client_catches_up_over_grpc_to_the_bits_of_the_servers_mirror(spec):
                     assert torch.equal(new_params, downlink.mirror.params)
             client.update_replica(newcomer, 6)
             client.update_replica(behind, 6)
+            channel.board.close()
+            assert client.pull_task(0) == "done"  # the joined client hears the end, so the server stops at once
     finally:
         channel.close()
 

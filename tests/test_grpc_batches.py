@@ -6,7 +6,7 @@ import grpc
 import pytest
 import torch
 
-from tests.grpc_helpers import CHUNK, SIZE, Federation, raw, refusal, result
+from tests.grpc_helpers import CHUNK, SIZE, Federation, PayloadAdmission, raw, refusal, result
 from transport import framing, wire
 from transport.auth import client_token
 from transport.grpc_client import FederationClient
@@ -64,7 +64,7 @@ def test_a_bad_result_in_a_batch_stores_those_before_it_and_leaves_the_rest_open
 
 def test_only_the_holder_of_the_secret_may_pull_a_batch():
     secret = b"the server's secret"
-    board = TaskBoard(lambda client_id, payload: payload.parts["values"], chunk_size=CHUNK)
+    board = TaskBoard(PayloadAdmission(lambda client_id, payload: payload.parts["values"]), chunk_size=CHUNK)
     board.publish(1, raw(torch.zeros(SIZE)))
     server, port = serve(board, auth_secret=secret)
     task_ids = post_three(board)
@@ -89,7 +89,7 @@ def test_a_batch_pull_names_the_worker(fed: Federation) -> None:
 def test_a_20_mb_model_moves_both_ways_through_64_kib_chunks_under_a_128_kib_message_limit():
     chunk, limit = 64 << 10, 128 << 10  # one 20 MB message would break gRPC's limit: only chunks get through
     size = 5_000_000
-    board = TaskBoard(lambda client_id, payload: payload.parts["values"].clone(), chunk_size=chunk)
+    board = TaskBoard(PayloadAdmission(lambda client_id, payload: payload.parts["values"].clone()), chunk_size=chunk)
     params = torch.randn(size, generator=torch.Generator().manual_seed(0))
     board.publish(1, raw(params))
     server, port = serve(board, max_message_bytes=limit)

@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from tests.grpc_helpers import raw
+from tests.grpc_helpers import PayloadAdmission, raw
 from transport.board import TaskBoard
 from transport.codecs.base import Payload
 from transport.grpc_client import FederationClient
@@ -28,7 +28,7 @@ def decode_whole(client_id: int, payload: Payload) -> torch.Tensor:
 @pytest.mark.slow
 def test_a_3_gb_model_goes_down_and_its_3_gb_update_comes_back_bit_for_bit() -> None:
     model = torch.arange(NUM_FLOATS, dtype=torch.int32).view(torch.float32)  # distinct finite bit patterns
-    board = TaskBoard(decode_whole, chunk_size=CHUNK)
+    board = TaskBoard(PayloadAdmission(decode_whole), chunk_size=CHUNK)
     board.publish(1, raw(model))
     server, port = serve(board)
     client = FederationClient(f"127.0.0.1:{port}", chunk_size=CHUNK, timeout_seconds=600.0)

@@ -7,7 +7,7 @@ import grpc
 import pytest
 import torch
 
-from tests.grpc_helpers import CHUNK, SIZE, decode_raw, raw, refusal, result
+from tests.grpc_helpers import CHUNK, SIZE, PayloadAdmission, raw, refusal, result
 from transport.auth import authenticated_client, client_token
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
@@ -21,7 +21,7 @@ Code = grpc.StatusCode
 @pytest.fixture
 def secured():
     """A board with one task for client 1, served with tokens required; yields (board, address)."""
-    board = TaskBoard(decode_raw, chunk_size=CHUNK)
+    board = TaskBoard(PayloadAdmission(), chunk_size=CHUNK)
     board.publish(1, raw(torch.zeros(SIZE)))
     board.post(Task("train", 1, 1, seed=0))
     server, port = serve(board, auth_secret=SECRET)
@@ -78,7 +78,7 @@ def test_a_token_acts_only_for_its_own_client(secured) -> None:
 
 
 def test_tls_clients_work_and_plaintext_clients_fail(certificate: tuple[str, str]) -> None:
-    board = TaskBoard(decode_raw, chunk_size=CHUNK)
+    board = TaskBoard(PayloadAdmission(), chunk_size=CHUNK)
     board.publish(1, raw(torch.arange(SIZE, dtype=torch.float32)))
     server, port = serve(board, tls=certificate)
     try:

@@ -1,12 +1,15 @@
 """The server's task board: published global parameters (as ready-serialized frames), posted tasks and their results.
 
-Thread-safe; the gRPC servicer (grpc_server.py) exposes it to clients, and a refused call leaves it unchanged.
+Thread-safe; the gRPC servicer (grpc_server.py) exposes it to clients, and a refused call leaves it unchanged. What
+clients send is checked by the server's `Admission` (client ids, results); a deployed board also keeps one session per
+client id, so two processes never share a client's tasks.
 """
 
 from __future__ import annotations
 
-import math
+import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -16,14 +19,13 @@ from torch import Tensor
 
 from transport import framing, wire
 from transport.auth import WORKER
-from transport.channel import Traffic
+from transport.channel import Admission, Traffic
 from transport.codecs.base import Payload, State
 from transport.downlink import DownloadLedger, catch_up
 from transport.messages import EVALUATE, TRAIN, Result, Task
 from transport.proto import fl_pb2
 from transport.wire import ParamsMessage
 
-MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
 Code = grpc.StatusCode
 
 
@@ -40,37 +42,52 @@ class _Entry:
     task: Task
     result: Result | None = None
     receiving: bool = False  # a result is being read and decoded
+    session: str = ""  # the session that pulled the task (deployed boards)
+
+
+@dataclass
+class _Session:
+    key: str
+    last_seen: float  # time.monotonic() of the session's last call
 
 
 class TaskBoard:
     """Tasks posted by the server and answered by clients; global parameters published per version.
 
-    `decode_update(client_id, payload)` turns an uploaded update into a tensor, raising ValueError for anything bad.
-    Results are accepted for tasks of the current version, or up to `max_staleness` versions older.
+    `admission` checks client ids and results (ValueError for anything bad); until it is set, clients are told to
+    come back later. Results are accepted for tasks of the current version, or up to `max_staleness` versions older.
+    `deployed`: clients are separate processes; each must join and call with its session, and the simulation
+    worker's batch calls are refused.
     """
 
     def __init__(
         self,
-        decode_update: Callable[[int, Payload], Tensor],
+        admission: Admission | None = None,
         expected_kinds: Collection[str] = (TRAIN, EVALUATE),
         *,
         chunk_size: int = framing.DEFAULT_CHUNK_SIZE,
         max_staleness: int = 0,
         charge_params_per_task: bool = False,
+        deployed: bool = False,
+        session_seconds: float = 60.0,
     ) -> None:
         """`charge_params_per_task`: charge each posted task's client what a real client would download for its
         version (the changes since the version it last held, or the whole parameters), and count no fetch (a
-        simulation worker fetches once per version for the many clients it runs)."""
-        self.decode_update = decode_update
+        simulation worker fetches once per version for the many clients it runs). `session_seconds`: a session
+        that made no call for this long no longer blocks another Join of its client id."""
+        self.admission = admission
         self.charge_params_per_task = charge_params_per_task
+        self.deployed, self.session_seconds = deployed, session_seconds
         self.welcome = ""  # sent to every client that joins (the run's configuration)
         self._joined: set[int] = set()
+        self._sessions: dict[int, _Session] = {}
         self._told_done: set[int] = set()
         self.expected_kinds = frozenset(expected_kinds)
         self.chunk_size = chunk_size
         self.max_staleness = max_staleness
         self.traffic = Traffic()
         self._lock = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []
         self._params: dict[int, list[bytes]] = {}  # version -> serialized frames of the whole parameters
         self._changes: dict[int, list[bytes]] = {}  # version -> serialized frames of the change from version - 1
         self.downloads = DownloadLedger()  # the kept changes' sizes; with charge_params_per_task, who holds what
@@ -85,10 +102,36 @@ class TaskBoard:
         """The newest published version (None before the first publish)."""
         return self._version
 
-    def join(self, client_id: int) -> None:
+    def join(self, client_id: int, replace: bool = False) -> str:
+        """Admit a client; on a deployed board, start its session and return the key its calls must carry.
+        A second Join of a client whose session is live is refused unless `replace`: the old session ends, its
+        pulled but unanswered tasks are posted again, and the server forgets the client's receiver state."""
+        self._check_client(client_id)
         with self._lock:
+            key = ""
+            if self.deployed:
+                old = self._sessions.get(client_id)
+                if old is not None and not replace and time.monotonic() - old.last_seen < self.session_seconds:
+                    raise Refused(Code.ALREADY_EXISTS,
+                                  f"client {client_id} already has a live session (is another process running with "
+                                  f"this id?); join with replace to end it")
+                if old is not None:
+                    self._end_session(client_id, old.key)
+                key = secrets.token_hex(16)
+                self._sessions[client_id] = _Session(key, time.monotonic())
             self._joined.add(client_id)
-            self._lock.notify_all()
+            self._changed()
+            return key
+
+    def _end_session(self, client_id: int, key: str) -> None:
+        """Post again the tasks the ended session pulled and did not answer; forget the client's receiver state."""
+        pulled = sorted(task_id for task_id, entry in self._entries.items() if entry.session == key
+                        and entry.result is None and not entry.receiving)
+        queue = self._queues.setdefault(client_id, deque())
+        queue.extendleft(reversed([task_id for task_id in pulled if task_id not in queue]))
+        if not queue:
+            del self._queues[client_id]
+        self.admission.forget(client_id)
 
     def joined(self) -> list[int]:
         """The clients that have joined, in ascending order."""
@@ -141,7 +184,7 @@ class TaskBoard:
                 self.traffic.add_down(task.client_id, self.downloads.charge(task.client_id, task.version, whole))
             self._entries[task_id] = _Entry(task)
             self._queues.setdefault(task.client_id, deque()).append(task_id)
-            self._lock.notify_all()
+            self._changed()
         return task_id
 
     def take(self, task_id: int, timeout: float | None = None) -> Result:
@@ -157,24 +200,73 @@ class TaskBoard:
         """The run is over: clients asking for tasks get DONE."""
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
+            self._changed()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from any thread, with the board locked) whenever a task is posted or the board closes."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def snapshot(self) -> dict:
+        """Everything a client's call could change, comparable with ==: for tests and diagnostics."""
+        with self._lock:
+            entries = {i: (e.task.client_id, e.task.version, e.result is not None, e.receiving, e.session)
+                       for i, e in self._entries.items()}
+            return {"version": self._version, "entries": entries, "next_id": self._next_id,
+                    "queues": {c: list(q) for c, q in self._queues.items()}, "joined": sorted(self._joined),
+                    "sessions": {c: s.key for c, s in self._sessions.items()}, "closed": self._closed,
+                    "told_done": sorted(self._told_done), "traffic": (dict(self.traffic.down), dict(self.traffic.up)),
+                    "downloads": (dict(self.downloads.held), dict(self.downloads.change_sizes))}
+
+    def _changed(self) -> None:
+        self._lock.notify_all()
+        for listener in self._listeners:
+            listener()
 
     # Servicer side: each raises Refused for a call the board turns down.
 
-    def _next_task(self, client_id: int, task_id: int, wait_seconds: float) -> tuple[int, Task] | int:
-        """The task asked for (task_id > 0) or the client's next one, else a WAIT or DONE signal."""
+    def upload_limit(self) -> int:
+        """The most bytes one result may announce."""
+        return self._admission().upload_limit()
+
+    def _admission(self) -> Admission:
+        if self.admission is None:
+            raise Refused(Code.UNAVAILABLE, "the server is starting: try again")
+        return self.admission
+
+    def _check_client(self, client_id: int) -> None:
+        try:
+            self._admission().check_client(client_id)
+        except ValueError as error:
+            raise Refused(Code.INVALID_ARGUMENT, str(error)) from None
+
+    def _check_session(self, client_id: int, key: str) -> None:
+        """A deployed board serves a client only within its current session (and marks the session seen)."""
+        self._check_client(client_id)
+        if not self.deployed:
+            return
         with self._lock:
-            wait = min(max(wait_seconds, 0.0), MAX_WAIT_SECONDS) if math.isfinite(wait_seconds) else 0.0
-            self._lock.wait_for(lambda: self._closed or task_id or self._queues.get(client_id), wait)
+            session = self._sessions.get(client_id)
+            if session is None:
+                raise Refused(Code.FAILED_PRECONDITION, f"client {client_id} has not joined: join first")
+            if key != session.key:
+                raise Refused(Code.FAILED_PRECONDITION, f"this session of client {client_id} was replaced by a later "
+                                                        f"Join (another process with the same id?)")
+            session.last_seen = time.monotonic()
+
+    def _next_task(self, client_id: int, task_id: int, session: str = "") -> tuple[int, Task] | int | None:
+        """The task asked for (task_id > 0) or the client's next one, DONE at the end, else None (nothing yet)."""
+        with self._lock:
             if self._closed:
                 self._told_done.add(client_id)
                 self._lock.notify_all()
                 return fl_pb2.DONE
             if not task_id:
                 if client_id not in self._queues:
-                    return fl_pb2.WAIT
+                    return None
                 task_id = self._queues[client_id][0]
             entry = self._open_entry(task_id, client_id)
+            entry.session = session
             self._unqueue(task_id, client_id)
             return task_id, entry.task
 
@@ -187,8 +279,9 @@ class TaskBoard:
             chain = catch_up(base_version, version, self.downloads.change_sizes, _size(whole))
             return whole if chain is None else [frame for v in chain for frame in self._changes[v]]
 
-    def _reserve(self, task_id: int, client_id: int, version: int, kind: str) -> None:
+    def _reserve(self, task_id: int, client_id: int, version: int, kind: str, session: str = "") -> None:
         """Claim a task for the result now arriving; checks that the result may answer it."""
+        self._check_session(client_id, session)
         with self._lock:
             task = self._open_entry(task_id, client_id).task
             if task.version < self._version - self.max_staleness:
@@ -200,13 +293,16 @@ class TaskBoard:
             if kind != task.kind:
                 raise Refused(Code.INVALID_ARGUMENT, f"a {kind!r} result cannot answer a {task.kind!r} task")
             self._entries[task_id].receiving = True
+            self._entries[task_id].session = session
             self._unqueue(task_id, client_id)
 
     def _release(self, task_id: int) -> None:
         with self._lock:
             self._entries[task_id].receiving = False
 
-    def _answer(self, task_id: int, result: Result, up_bytes: int) -> None:
+    def _answer(self, task_id: int, result: Result, up_bytes: int, session: str = "") -> None:
+        """Store an admitted result (its session still current) and count its bytes."""
+        self._check_session(result.client_id, session)
         with self._lock:
             entry = self._entries[task_id]
             entry.result, entry.receiving = result, False
@@ -233,6 +329,7 @@ class TaskBoard:
 
     def _claim(self, task_ids: Iterable[int]) -> list[tuple[int, Task]]:
         """Open tasks of any clients, for a worker that runs them all; NOT_FOUND or FAILED_PRECONDITION otherwise."""
+        self._refuse_worker_if_deployed()
         with self._lock:
             claimed = []
             for task_id in task_ids:
@@ -241,6 +338,10 @@ class TaskBoard:
                 self._unqueue(task_id, entry.task.client_id)
                 claimed.append((task_id, entry.task))
             return claimed
+
+    def _refuse_worker_if_deployed(self) -> None:
+        if self.deployed:
+            raise Refused(Code.PERMISSION_DENIED, "a deployed server serves each client on its own: no worker calls")
 
     def _unqueue(self, task_id: int, client_id: int) -> None:
         queue = self._queues.get(client_id)

@@ -2,27 +2,48 @@
 
 Server side: `publish` the global parameters of a version, `post` a task (returns an envelope that a worker can open),
 `receive` what a worker's endpoint sent (its receipt). Worker side: an `Endpoint` opens envelopes and sends results.
-An in-process channel, a Ray object channel and a gRPC channel all fit this shape.
+An in-process channel, a Ray object channel and a gRPC channel all fit this shape, and every one of them passes what
+arrives through the same `Admission`, the server's one validation step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor
 
-from transport.codecs.base import Payload
 from transport.downlink import Broadcast
 from transport.messages import Result, Task
 
-UpdateDecoder = Callable[[int, Payload], Tensor]  # (client id, payload) -> update; ValueError if it is bad
-
-
 class UpdateRefused(ValueError):
     """The server refused a client's result (malformed, wrong shape or dtype, NaN or Inf, stale, ...)."""
+
+
+class Admission(ABC):
+    """The server's single validation step for what clients send, used by every channel. Each check raises
+    ValueError naming what is wrong, and a refused result changes nothing on the server."""
+
+    def __init__(self, num_clients: int) -> None:
+        self.num_clients = num_clients
+
+    def check_client(self, client_id: int) -> None:
+        """ValueError unless `client_id` is one of this run's clients (0 .. num_clients - 1)."""
+        if not 0 <= client_id < self.num_clients:
+            raise ValueError(f"client id {client_id} is outside 0..{self.num_clients - 1}")
+
+    @abstractmethod
+    def upload_limit(self) -> int:
+        """The most bytes one result may announce: what the model, the codec and the strategy allow."""
+
+    @abstractmethod
+    def admit(self, result: Result) -> Result:
+        """The result with its update decoded, if every field is what the server expects; ValueError otherwise.
+        Only an admitted result advances the receiver's state (EF21's estimate of the client's update)."""
+
+    def forget(self, client_id: int) -> None:
+        """Drop the receiver's state of a client whose session was replaced (its new process starts afresh)."""
 
 
 class Traffic:
@@ -71,19 +92,20 @@ class Channel(ABC):
 
     def __init__(self) -> None:
         self.traffic = Traffic()
-        self.decode_update: UpdateDecoder | None = None  # set by the server once it knows the model's size
+        self.admission: Admission | None = None  # set by the server once it knows the model and the strategy
 
-    def decoded(self, result: Result) -> Result:
-        """`result` with its encoded update decoded (the step every channel applies on receipt)."""
-        if not isinstance(result.update, Payload):
-            return result
-        if self.decode_update is None:
-            raise RuntimeError("the server has not set the channel's update decoder")
+    def admit_with(self, admission: Admission) -> None:
+        """Validate everything that arrives from now on with `admission`."""
+        self.admission = admission
+
+    def accepted(self, result: Result) -> Result:
+        """`result` validated and its update decoded (the step every channel applies on receipt)."""
+        if self.admission is None:
+            raise RuntimeError("the server has not set the channel's admission")
         try:
-            update = self.decode_update(result.client_id, result.update)
+            return self.admission.admit(result)
         except ValueError as error:
-            raise UpdateRefused(f"client {result.client_id}: the server refused the update: {error}") from None
-        return dataclasses.replace(result, update=update)
+            raise UpdateRefused(f"client {result.client_id}: the server refused the result: {error}") from None
 
     def connected(self) -> list[int] | None:
         """The clients that can be given tasks now, or None when every client can (a simulation)."""

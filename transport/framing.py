@@ -2,8 +2,8 @@
 
 The header frame is a task, result or params message whose tensor parts carry only `num_bytes`; the data frames that
 follow carry those parts' bytes back to back, in header order (`tensor_parts`), each at most `chunk_size` bytes. The
-receiver preallocates every part's buffer from the header and copies each chunk into place, so no protobuf message
-and no concatenation ever grows with the model (protobuf's 2 GB limit does not apply).
+receiver checks the announced total against its limit, then appends each chunk to its part's buffer: no protobuf
+message grows with the model (protobuf's 2 GB limit does not apply), and memory grows only with data received.
 """
 
 from __future__ import annotations
@@ -79,21 +79,59 @@ def read_header(frames: Iterator[fl_pb2.Frame], kinds: Sequence[str] = HEADER_KI
     return header
 
 
+class PartsReader:
+    """Fills a header's tensor parts from data frames fed one at a time; buffers grow only with data received."""
+
+    def __init__(self, header: fl_pb2.Frame, max_bytes: int | None = None) -> None:
+        self.parts = tensor_parts(header)
+        for part in self.parts:
+            if part.WhichOneof("body") is None:
+                raise ValueError(f"tensor part {part.name!r} has neither inline bytes nor a byte count")
+        self.sizes = [part.num_bytes for part in self.parts if part.WhichOneof("body") == "num_bytes"]
+        self.remaining = sum(self.sizes)
+        if max_bytes is not None and self.remaining > max_bytes:
+            raise ValueError(f"the header announces {self.remaining} bytes, more than the limit of {max_bytes}")
+        self.streamed = [bytearray() for _ in self.sizes]
+        self.index = 0
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def feed(self, frame: fl_pb2.Frame) -> None:
+        """Append one data frame's bytes; ValueError for any other frame or for bytes beyond the announced total."""
+        if frame.WhichOneof("body") != "data":
+            raise ValueError(f"expected a data frame after the header, got {frame.WhichOneof('body') or 'nothing'}")
+        chunk = memoryview(frame.data)
+        if chunk.nbytes > self.remaining:
+            raise ValueError(f"data frames carry {chunk.nbytes - self.remaining} bytes more than the header announces")
+        self.remaining -= chunk.nbytes
+        while chunk.nbytes:
+            while len(self.streamed[self.index]) == self.sizes[self.index]:
+                self.index += 1
+            buffer = self.streamed[self.index]
+            take = min(chunk.nbytes, self.sizes[self.index] - len(buffer))
+            buffer += chunk[:take]
+            chunk = chunk[take:]
+
+    def result(self) -> list[bytearray]:
+        """Every part's bytes in header order: inline parts copied, streamed parts as filled."""
+        if self.remaining:
+            raise ValueError(f"the frame stream ended {self.remaining} bytes short of what the header announces")
+        filled = iter(self.streamed)
+        return [bytearray(part.data) if part.WhichOneof("body") == "data" else next(filled) for part in self.parts]
+
+
 def read_parts(
     header: fl_pb2.Frame, frames: Iterable[fl_pb2.Frame], max_bytes: int | None = None
 ) -> list[bytearray]:
-    """Every tensor part's bytes, in header order: inline parts copied, streamed parts filled from data frames."""
-    parts = tensor_parts(header)
-    sizes = [part.num_bytes for part in parts if part.WhichOneof("body") == "num_bytes"]
-    for part in parts:
-        if part.WhichOneof("body") is None:
-            raise ValueError(f"tensor part {part.name!r} has neither inline bytes nor a byte count")
-    if max_bytes is not None and sum(sizes) > max_bytes:
-        raise ValueError(f"the header announces {sum(sizes)} bytes, more than the limit of {max_bytes}")
-    streamed = [bytearray(size) for size in sizes]
-    _fill(streamed, iter(frames))
-    filled = iter(streamed)
-    return [bytearray(part.data) if part.WhichOneof("body") == "data" else next(filled) for part in parts]
+    """Every tensor part's bytes, in header order, reading no frame beyond them (a stream may carry several
+    messages); the data frames must fill them exactly."""
+    reader = PartsReader(header, max_bytes)
+    frames = iter(frames)
+    while not reader.done and (frame := next(frames, None)) is not None:
+        reader.feed(frame)
+    return reader.result()
 
 
 def from_frames(
@@ -115,26 +153,3 @@ def surplus(frame: fl_pb2.Frame) -> ValueError:
     if kind != "data":
         return ValueError(f"a {kind or 'empty'} frame follows the message")
     return ValueError(f"data frames carry {len(frame.data)} bytes more than the header announces")
-
-
-def _fill(buffers: list[bytearray], frames: Iterator[fl_pb2.Frame]) -> None:
-    """Copy data frames' bytes into `buffers` back to back, reading no frame beyond what fills them (a stream may
-    carry several messages); the frames must fill them exactly."""
-    total = sum(len(b) for b in buffers)
-    index = offset = received = 0
-    while received < total:
-        frame = next(frames, None)
-        if frame is None:
-            raise ValueError(f"the frame stream ended {total - received} bytes short of what the header announces")
-        if frame.WhichOneof("body") != "data":
-            raise ValueError(f"expected a data frame after the header, got {frame.WhichOneof('body') or 'nothing'}")
-        chunk = memoryview(frame.data)
-        if received + chunk.nbytes > total:
-            raise ValueError(f"data frames carry {received + chunk.nbytes - total} bytes more than the header announces")
-        received += chunk.nbytes
-        while chunk.nbytes:
-            while offset == len(buffers[index]):
-                index, offset = index + 1, 0
-            take = min(chunk.nbytes, len(buffers[index]) - offset)
-            buffers[index][offset : offset + take] = chunk[:take]
-            chunk, offset = chunk[take:], offset + take

@@ -15,7 +15,7 @@ import grpc
 from torch import Tensor
 
 from transport import framing, wire
-from transport.auth import WORKER, auth_metadata, client_token
+from transport.auth import SESSION_KEY, WORKER, auth_metadata, client_token, worker_token
 from transport.codecs.base import Payload
 from transport.codecs.cast import IdentityCodec
 from transport.downlink import Replica
@@ -68,12 +68,16 @@ class FederationClient:
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = fl_pb2_grpc.FederationStub(self._channel)
         self._params: tuple[int, Payload] | None = None
+        self._sessions: dict[int, str] = {}  # client id -> the session a deployed server gave it
 
-    def join(self, client_id: int, wait_for_server: bool = False) -> fl_pb2.JoinReply:
+    def join(self, client_id: int, wait_for_server: bool = False, replace: bool = False) -> fl_pb2.JoinReply:
         """Introduce a client (with `wait_for_server`, waiting up to the timeout for a server that is not up yet);
-        the reply carries the server's chunk size, frame limit, newest version and the run's configuration."""
-        reply = self._stub.Join(fl_pb2.JoinRequest(client_id=client_id), timeout=self.timeout_seconds,
+        the reply carries the server's chunk size, frame limit, newest version, the run's configuration and, from a
+        deployed server, the session later calls carry. `replace` ends a live session of the same client id."""
+        reply = self._stub.Join(fl_pb2.JoinRequest(client_id=client_id, replace=replace), timeout=self.timeout_seconds,
                                 metadata=self._metadata(client_id), wait_for_ready=wait_for_server)
+        if reply.session:
+            self._sessions[client_id] = reply.session
         if reply.chunk_size > self.max_message_bytes - framing.HEADER_ROOM:
             raise ValueError(f"the server sends chunks of {reply.chunk_size} bytes; raise max_message_bytes "
                              f"({self.max_message_bytes}) to at least {reply.chunk_size + framing.HEADER_ROOM}")
@@ -164,9 +168,14 @@ class FederationClient:
             raise ValueError("name the client_id of the call (this client was made for no single client)")
         return self.client_id if client_id is None else client_id
 
-    def _metadata(self, client_id: int) -> tuple[tuple[str, str], ...] | None:
+    def _metadata(self, client_id: int) -> tuple[tuple[str, str], ...]:
+        """The call's credentials (a worker signs each call for its client, or as the worker) and session."""
         if self.auth_secret is not None:
-            return auth_metadata(client_id, client_token(self.auth_secret, client_id))
-        if self.token is not None:
-            return auth_metadata(self.client_id, self.token)
-        return None
+            token = worker_token(self.auth_secret) if client_id == WORKER else client_token(self.auth_secret, client_id)
+            credentials = auth_metadata(client_id, token)
+        elif self.token is not None:
+            credentials = auth_metadata(self.client_id, self.token)
+        else:
+            credentials = ()
+        session = self._sessions.get(client_id)
+        return credentials + (((SESSION_KEY, session),) if session else ())

@@ -1,140 +1,251 @@
-"""The Federation servicer: the gRPC face of a TaskBoard. Clients only ever call in (Join, PullTask, FetchParams,
-PushResult); every refusal carries a status and a message, and leaves the board unchanged.
+"""The Federation servicer: the gRPC face of a TaskBoard, on grpc.aio so that idle or slow peers cost a coroutine,
+never a thread. Clients only ever call in (Join, PullTask, FetchParams, PushResult); every refusal carries a status and
+a message, and leaves the board unchanged.
+
+Limits that keep one client from starving the others: every stream moves a frame at least every `idle_seconds` or is
+cancelled; a client id has at most `calls_per_client` calls in progress; a result may announce no more bytes than the
+server's admission allows, and its buffers grow only with data received; the server holds at most
+`max_concurrent_calls` calls and refuses the rest at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import grpc
-import torch
+from google.protobuf.message import DecodeError, Message
 
 from transport import framing, wire
-from transport.auth import WORKER, authenticated_client
+from transport.auth import SESSION_KEY, WORKER, authenticated_client
 from transport.board import Refused, TaskBoard
 from transport.messages import Result, Task, tensor_bytes
 from transport.proto import fl_pb2
 
 Code = grpc.StatusCode
+MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
 
 
-def _status(method: Callable) -> Callable:
-    """Turn a Refused raised by a servicer method into its gRPC status."""
+@dataclass(frozen=True)
+class ServerLimits:
+    idle_seconds: float = 30.0  # a stream that moves no frame for this long is cancelled
+    calls_per_client: int = 4  # concurrent calls of one client id
+    calls_per_worker: int = 256  # concurrent calls of the simulation worker credential
+    max_concurrent_calls: int = 10_000  # beyond this, gRPC answers RESOURCE_EXHAUSTED at once
+
+
+class ListenError(OSError):
+    """The server cannot listen on the address asked for (a port in use, a bad host)."""
+
+
+def _refusals(method: Callable) -> Callable:
+    """Turn a Refused raised by a servicer coroutine into its gRPC status."""
 
     @functools.wraps(method)
-    def call(self, request, context):
+    async def call(self, request, context):
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except Refused as refusal:
-            context.abort(refusal.code, str(refusal))
+            await context.abort(refusal.code, str(refusal))
     return call
+
+
+class _Wakeup:
+    """An asyncio event set from any thread whenever the board changes; waiters take the current one, then check."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.event = loop, asyncio.Event()
+
+    def notify(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        event, self.event = self.event, asyncio.Event()
+        event.set()
 
 
 class FederationServicer:
     """The four client-initiated calls; streams are sent and received as serialized frames, bytes counted."""
 
-    def __init__(self, board: TaskBoard, auth_secret: bytes | None, max_message_bytes: int, max_upload_bytes: int):
-        self.board = board
-        self.auth_secret = auth_secret
-        self.max_message_bytes = max_message_bytes
-        self.max_upload_bytes = max_upload_bytes
+    def __init__(self, board: TaskBoard, auth_secret: bytes | None, max_message_bytes: int, limits: ServerLimits,
+                 wakeup: _Wakeup) -> None:
+        self.board, self.auth_secret = board, auth_secret
+        self.max_message_bytes, self.limits, self.wakeup = max_message_bytes, limits, wakeup
+        self._calls: Counter[int] = Counter()  # calls in progress per client id
 
-    @_status
-    def Join(self, request: fl_pb2.JoinRequest, context: grpc.ServicerContext) -> fl_pb2.JoinReply:
+    @_refusals
+    async def Join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(fl_pb2.JoinRequest, request)
         self._check_client(context, request.client_id)
-        self.board.join(request.client_id)
+        with self._slot(request.client_id):
+            session = self.board.join(request.client_id, request.replace)
         version = self.board.version
         return fl_pb2.JoinReply(chunk_size=self.board.chunk_size, max_message_bytes=self.max_message_bytes,
-                                version=-1 if version is None else version, config=self.board.welcome)
+                                version=-1 if version is None else version, config=self.board.welcome,
+                                session=session).SerializeToString()
 
-    @_status
-    def PullTask(self, request: fl_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+    @_refusals
+    async def PullTask(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        request = _parse(fl_pb2.TaskRequest, request)
         self._check_client(context, request.client_id)
-        if request.task_ids:
-            if request.client_id != WORKER:
-                raise Refused(Code.INVALID_ARGUMENT, f"a batch of tasks is pulled as the worker (client id {WORKER})")
-            return self._tasks_sent(self.board._claim(request.task_ids))
-        outcome = self.board._next_task(request.client_id, request.task_id, request.wait_seconds)
-        if isinstance(outcome, int):
-            frames = iter([fl_pb2.Frame(signal=outcome)])
-        else:
-            frames = framing.to_frames(*wire.task_frame(outcome[1], outcome[0]), self.board.chunk_size)
-        uncounted = 0 if isinstance(outcome, int) else tensor_bytes(outcome[1].state)
-        return self._sent(request.client_id, (frame.SerializeToString() for frame in frames), uncounted)
+        with self._slot(request.client_id):
+            if request.task_ids:
+                if request.client_id != WORKER:
+                    raise Refused(Code.INVALID_ARGUMENT, f"a batch of tasks is pulled as the worker (client id {WORKER})")
+                claimed = self.board._claim(request.task_ids)
+                await self._write(context, await asyncio.to_thread(self._tasks_sent, claimed))
+                return
+            session = _session(context)
+            self.board._check_session(request.client_id, session)
+            wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)  # NaN: no wait
+            outcome = await self._poll(lambda: self.board._next_task(request.client_id, request.task_id, session), wait)
+            if outcome is None or isinstance(outcome, int):
+                signal = fl_pb2.WAIT if outcome is None else outcome
+                await self._write(context, [fl_pb2.Frame(signal=signal).SerializeToString()])
+                return
+            await self._write(context, await asyncio.to_thread(self._tasks_sent, [outcome]))
 
-    def _tasks_sent(self, claimed: list[tuple[int, Task]]) -> Iterator[bytes]:
-        """Several tasks back to back, each counted for its own client."""
+    def _tasks_sent(self, claimed: list[tuple[int, Task]]) -> list[bytes]:
+        """Serialized tasks back to back, each counted for its own client (less the simulation state it carries)."""
+        sent = []
         for task_id, task in claimed:
             frames = framing.to_frames(*wire.task_frame(task, task_id), self.board.chunk_size)
-            yield from self._sent(task.client_id, (f.SerializeToString() for f in frames), tensor_bytes(task.state))
+            sent += self._counted(task.client_id, [frame.SerializeToString() for frame in frames],
+                                  tensor_bytes(task.state))
+        return sent
 
-    @_status
-    def FetchParams(self, request: fl_pb2.ParamsRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+    @_refusals
+    async def FetchParams(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        request = _parse(fl_pb2.ParamsRequest, request)
         self._check_client(context, request.client_id)
-        frames = self.board._params_frames(request.version, request.base_version)
-        return iter(frames) if self.board.charge_params_per_task else self._sent(request.client_id, frames)
+        with self._slot(request.client_id):
+            self.board._check_session(request.client_id, _session(context))
+            frames = self.board._params_frames(request.version, request.base_version)
+            if not self.board.charge_params_per_task:
+                frames = self._counted(request.client_id, frames)
+            await self._write(context, frames)
 
-    @_status
-    def PushResult(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> fl_pb2.PushReply:
+    @_refusals
+    async def PushResult(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         """One result, or a worker's several back to back. Each is checked and stored on its own once the frame after
         it is another result or the end; a refusal leaves the results before it stored and the rest unread."""
-        proven = self._proven_client(context)
+        proven, session = self._proven_client(context), _session(context)
         sizes: list[int] = []
-        frames = framing.parse(request_iterator, sizes)
+        frames = self._frames(request_iterator, sizes)
         stored: list[int] = []
-        frame = _invalid_argument(next, frames, None)
+        frame = await anext(frames, None)
+        caller = proven if proven is not None else frame.result.client_id if frame is not None else WORKER
+        with self._slot(caller):
+            while True:
+                if frame is None or frame.WhichOneof("body") != "result":
+                    _invalid_argument(framing.read_header, iter([] if frame is None else [frame]), ("result",))
+                header, first_size = frame.result, len(sizes) - 1
+                _same_client(proven, header.client_id)
+                self.board._reserve(header.task_id, header.client_id, header.version, header.kind, session)
+                try:
+                    result, frame = await self._read_result(frame, frames)
+                except BaseException:
+                    self.board._release(header.task_id)
+                    raise
+                own_bytes = sum(sizes[first_size : len(sizes) - (frame is not None)])
+                self.board._answer(header.task_id, result, own_bytes - tensor_bytes(result.state), session)
+                stored.append(header.task_id)
+                if frame is None:
+                    return fl_pb2.PushReply(task_id=stored[0], task_ids=stored).SerializeToString()
+
+    async def _read_result(self, header: fl_pb2.Frame, frames: AsyncIterator[fl_pb2.Frame]
+                           ) -> tuple[Result, fl_pb2.Frame | None]:
+        """The admitted result and the frame after it (another result's header, or None at the end)."""
+        about = f"client {header.result.client_id}, task {header.result.task_id}: "
+        reader = _invalid_argument(framing.PartsReader, header, self.board.upload_limit(), about=about)
+        while not reader.done and (frame := await anext(frames, None)) is not None:
+            _invalid_argument(reader.feed, frame, about=about)
+        parts = _invalid_argument(reader.result, about=about)
+        after = await anext(frames, None)
+        if after is not None and after.WhichOneof("body") != "result":
+            raise Refused(Code.INVALID_ARGUMENT, about + str(framing.surplus(after)))
+        return await asyncio.to_thread(_invalid_argument, self._admitted, header, parts, about=about), after
+
+    def _admitted(self, header: fl_pb2.Frame, parts: list[bytearray]) -> Result:
+        _, result = wire.result_from_frame(header, parts)
+        return self.board._admission().admit(result)
+
+    async def _frames(self, request_iterator: AsyncIterator[bytes], sizes: list[int]) -> AsyncIterator[fl_pb2.Frame]:
+        """Parsed frames, each within `idle_seconds` of the last; each one's size appended to `sizes`."""
         while True:
-            header = _invalid_argument(framing.read_header, iter([] if frame is None else [frame]), ("result",))
-            first_size = len(sizes) - 1
-            task_id, client_id = header.result.task_id, header.result.client_id
-            _same_client(proven, client_id)
-            self.board._reserve(task_id, client_id, header.result.version, header.result.kind)
             try:
-                result = _invalid_argument(self._read_result, header, frames,
-                                           about=f"client {client_id}, task {task_id}: ")
-                frame = _invalid_argument(next, frames, None)
-                if frame is not None and frame.WhichOneof("body") != "result":
-                    raise Refused(Code.INVALID_ARGUMENT, str(framing.surplus(frame)))
-            except BaseException:
-                self.board._release(task_id)
-                raise
-            own_bytes = sum(sizes[first_size : len(sizes) - (frame is not None)])
-            self.board._answer(task_id, result, own_bytes - tensor_bytes(result.state))  # state: simulation only
-            stored.append(task_id)
-            if frame is None:
-                return fl_pb2.PushReply(task_id=stored[0], task_ids=stored)
+                data = await asyncio.wait_for(anext(request_iterator, None), self.limits.idle_seconds)
+            except asyncio.TimeoutError:
+                raise Refused(Code.DEADLINE_EXCEEDED, f"no frame for {self.limits.idle_seconds:g} s") from None
+            if data is None:
+                return
+            sizes.append(len(data))
+            yield _parse(fl_pb2.Frame, data, "frame")
 
-    def _read_result(self, header: fl_pb2.Frame, frames: Iterator[fl_pb2.Frame]) -> Result:
-        """The result with its update decoded; ValueError for anything malformed or not finite."""
-        _, result = wire.result_from_frame(header, framing.read_parts(header, frames, self.max_upload_bytes))
-        for where, tensors in (("tensors", result.tensors), ("state", result.state)):
-            for name, tensor in tensors.items():
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise ValueError(f"result {where}[{name!r}] has NaN or Inf values")
-        if result.update is not None:
-            result.update = self.board.decode_update(result.client_id, result.update)
-        return result
+    async def _write(self, context: grpc.aio.ServicerContext, frames: Iterable[bytes]) -> None:
+        for frame in frames:
+            try:
+                await asyncio.wait_for(context.write(frame), self.limits.idle_seconds)
+            except asyncio.TimeoutError:
+                raise Refused(Code.DEADLINE_EXCEEDED, f"the client read nothing for {self.limits.idle_seconds:g} s") \
+                    from None
 
-    def _sent(self, client_id: int, frames: Iterable[bytes], uncounted: int = 0) -> Iterator[bytes]:
-        """Serialized frames for a client, counted before the first goes out (so a round's traffic is complete
-        once its results are in), less `uncounted` bytes: the client state a simulated task carries, which a
-        deployed client keeps at home."""
-        frames = list(frames)
+    async def _poll(self, attempt: Callable[[], Any], seconds: float) -> Any:
+        """`attempt()` until it gives something other than None, retried whenever the board changes, for at most
+        `seconds`; None if nothing came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            event = self.wakeup.event  # taken before the attempt, so a change after it is not missed
+            outcome = attempt()
+            remaining = deadline - loop.time()
+            if outcome is not None or remaining <= 0:
+                return outcome
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _counted(self, client_id: int, frames: list[bytes], uncounted: int = 0) -> list[bytes]:
+        """Count frames for a client before the first goes out (so a round's traffic is complete once its results
+        are in), less `uncounted` bytes: the client state a simulated task carries, which a deployed client keeps at
+        home."""
         self.board._count_down(client_id, sum(map(len, frames)) - uncounted)
-        return iter(frames)
+        return frames
 
-    def _proven_client(self, context: grpc.ServicerContext) -> int | None:
+    @contextmanager
+    def _slot(self, client_id: int) -> Iterator[None]:
+        """One of the client's concurrent calls; RESOURCE_EXHAUSTED when it has its fill."""
+        limit = self.limits.calls_per_worker if client_id == WORKER else self.limits.calls_per_client
+        if self._calls[client_id] >= limit:
+            raise Refused(Code.RESOURCE_EXHAUSTED, f"client {client_id} already has {limit} calls in progress")
+        self._calls[client_id] += 1
+        try:
+            yield
+        finally:
+            self._calls[client_id] -= 1
+            if not self._calls[client_id]:
+                del self._calls[client_id]
+
+    def _proven_client(self, context: grpc.aio.ServicerContext) -> int | None:
         """The client id the call's token proves (None when the server is open); UNAUTHENTICATED if none."""
         if self.auth_secret is None:
             return None
-        proven = authenticated_client(self.auth_secret, context.invocation_metadata())
+        proven = authenticated_client(self.auth_secret, context.invocation_metadata() or ())
         if proven is None:
-            raise Refused(Code.UNAUTHENTICATED, "missing or wrong client token")
+            raise Refused(Code.UNAUTHENTICATED, "missing or wrong client token (is it the token of this client id?)")
+        if proven == WORKER:
+            self.board._refuse_worker_if_deployed()
         return proven
 
-    def _check_client(self, context: grpc.ServicerContext, client_id: int) -> None:
+    def _check_client(self, context: grpc.aio.ServicerContext, client_id: int) -> None:
         _same_client(self._proven_client(context), client_id)
 
 
@@ -142,6 +253,18 @@ def _same_client(proven: int | None, client_id: int) -> None:
     """A token proves one client id (or the worker, who acts for all); the call must act for that client."""
     if proven is not None and proven != WORKER and proven != client_id:
         raise Refused(Code.PERMISSION_DENIED, f"the token proves client {proven}, not {client_id}")
+
+
+def _session(context: grpc.aio.ServicerContext) -> str:
+    value = dict(context.invocation_metadata() or ()).get(SESSION_KEY, "")
+    return value if isinstance(value, str) else ""
+
+
+def _parse(message_type: type[Message], data: bytes, what: str = "") -> Any:
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        raise Refused(Code.INVALID_ARGUMENT, f"undecodable {what or message_type.__name__}: {error}") from None
 
 
 def _invalid_argument(function: Callable, *args, about: str = ""):
@@ -152,6 +275,69 @@ def _invalid_argument(function: Callable, *args, about: str = ""):
         raise Refused(Code.INVALID_ARGUMENT, about + str(error)) from error
 
 
+class FederationServer:
+    """A grpc.aio server for `board` on an event loop of its own thread, started and stopped from synchronous code."""
+
+    def __init__(self, board: TaskBoard, address: str, tls: tuple[str, str] | None, auth_secret: bytes | None,
+                 max_message_bytes: int, limits: ServerLimits) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fl-grpc-server", daemon=True)
+        self._thread.start()
+        start = self._start(board, address, tls, auth_secret, max_message_bytes, limits)
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(start, self._loop).result()
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _start(self, board: TaskBoard, address: str, tls: tuple[str, str] | None, auth_secret: bytes | None,
+                     max_message_bytes: int, limits: ServerLimits) -> int:
+        wakeup = _Wakeup(asyncio.get_running_loop())
+        servicer = FederationServicer(board, auth_secret, max_message_bytes, limits, wakeup)
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.so_reuseport", 0)]  # a second server on a busy port fails instead of sharing it
+        self._server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.max_concurrent_calls)
+        self._server.add_generic_rpc_handlers((_handlers(servicer),))
+        try:
+            port = self._add_port(address, tls)
+        except RuntimeError as error:
+            raise ListenError(f"cannot listen on {address} ({error}): is another server using that port?") from None
+        await self._server.start()
+        board.on_change(wakeup.notify)
+        return port
+
+    def _add_port(self, address: str, tls: tuple[str, str] | None) -> int:
+        if tls is None:
+            return self._server.add_insecure_port(address)
+        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        return self._server.add_secure_port(address, credentials)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving (calls in progress get `grace` seconds) and end the loop's thread."""
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def _handlers(servicer: FederationServicer) -> grpc.GenericRpcHandler:
+    """Requests arrive as raw bytes (the servicer parses them, so an undecodable one is INVALID_ARGUMENT)."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(servicer.Join),
+        "PullTask": grpc.unary_stream_rpc_method_handler(servicer.PullTask),
+        "FetchParams": grpc.unary_stream_rpc_method_handler(servicer.FetchParams),
+        "PushResult": grpc.stream_unary_rpc_method_handler(servicer.PushResult),
+    }
+    return grpc.method_handlers_generic_handler(fl_pb2.DESCRIPTOR.services_by_name["Federation"].full_name, handlers)
+
+
 def serve(
     board: TaskBoard,
     address: str = "127.0.0.1:0",
@@ -159,29 +345,10 @@ def serve(
     tls: tuple[str, str] | None = None,
     auth_secret: bytes | None = None,
     max_message_bytes: int | None = None,
-    max_workers: int = 16,
-    max_upload_bytes: int = 1 << 34,
-) -> tuple[grpc.Server, int]:
-    """Start a Federation server for `board`; returns it and its port. `tls` is (cert_path, key_path)."""
+    limits: ServerLimits = ServerLimits(),
+) -> tuple[FederationServer, int]:
+    """Start a Federation server for `board`; returns it and its port. `tls` is (cert_path, key_path).
+    ListenError when the address cannot be bound (a port in use)."""
     limit = max_message_bytes or board.chunk_size + framing.HEADER_ROOM
-    servicer = FederationServicer(board, auth_secret, limit, max_upload_bytes)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
-    handlers = {
-        "Join": grpc.unary_unary_rpc_method_handler(servicer.Join, fl_pb2.JoinRequest.FromString,
-                                                    fl_pb2.JoinReply.SerializeToString),
-        "PullTask": grpc.unary_stream_rpc_method_handler(servicer.PullTask, fl_pb2.TaskRequest.FromString),
-        "FetchParams": grpc.unary_stream_rpc_method_handler(servicer.FetchParams, fl_pb2.ParamsRequest.FromString),
-        "PushResult": grpc.stream_unary_rpc_method_handler(servicer.PushResult,
-                                                           response_serializer=fl_pb2.PushReply.SerializeToString),
-    }
-    service = fl_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
-            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-        port = server.add_secure_port(address, credentials)
-    server.start()
-    return server, port
+    server = FederationServer(board, address, tls, auth_secret, limit, limits)
+    return server, server.port

@@ -55,8 +55,10 @@ class InProcessChannel(Channel):
 
     def receive(self, receipt: Any) -> Result:
         result = self.unpack(receipt)
-        self.traffic.add_up(result.client_id, result_bytes(result))
-        return self.decoded(result)
+        size = result_bytes(result)
+        accepted = self.accepted(result)  # a refused result is not counted either
+        self.traffic.add_up(result.client_id, size)
+        return accepted
 
     def endpoint(self) -> Endpoint:
         return self._endpoint

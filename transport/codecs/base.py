@@ -45,3 +45,7 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, payload: Payload, state: State) -> tuple[Tensor, State]:
         """Rebuild the tensor from a payload."""
+
+    @abstractmethod
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """Exactly `encode(x, ...)[0].nbytes()` for any 1-D `x` of `numel` entries of `dtype`, whatever its values."""

@@ -32,6 +32,10 @@ class IdentityCodec(Codec):
         require(values.dim() == 1 and values.numel() == length(payload), "payload values do not match its shape")
         return values.to(payload.dtype), state
 
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """One value of `dtype` per entry."""
+        return numel * dtype.itemsize
+
 
 class CastCodec(Codec):
     """Each value rounded to a narrower float (float16 or bfloat16) on the wire; decoded back to the input's dtype.
@@ -59,6 +63,10 @@ class CastCodec(Codec):
         values = payload.parts["values"]
         require(values.dim() == 1 and values.numel() == length(payload), "payload values do not match its shape")
         return values.to(payload.dtype), state
+
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """One value of the wire dtype per entry."""
+        return numel * self.wire_dtype.itemsize
 
 
 def fp16() -> CastCodec:

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from transport.codecs.base import Codec, Payload, State
 from transport.codecs.common import expect
+from transport.codecs.sparse import Sparsifier
 
 _PREFIX = "values."
 
@@ -19,7 +20,7 @@ class Compose(Codec):
     QSGD); the generator drives the sparsifier first, then the value codec.
     """
 
-    def __init__(self, sparsifier: Codec, values: Codec) -> None:
+    def __init__(self, sparsifier: Sparsifier, values: Codec) -> None:
         self.sparsifier, self.values = sparsifier, values
         self.name = f"{sparsifier.name}+{values.name}"
         self.lossless = sparsifier.lossless and values.lossless
@@ -49,6 +50,12 @@ class Compose(Codec):
         outer_parts["values"] = kept
         outer = Payload(self.sparsifier.name, payload.shape, payload.dtype, outer_params, outer_parts)
         return self.sparsifier.decode(outer, state)
+
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """The sparsifier's parts, with its kept values (of `dtype`) replaced by the value codec's parts for them."""
+        kept = self.sparsifier.count(numel)
+        return (self.sparsifier.payload_nbytes(numel, dtype) - kept * dtype.itemsize
+                + self.values.payload_nbytes(kept, dtype))
 
 
 def _with_prefix(entries: dict, skip: str = "") -> dict:

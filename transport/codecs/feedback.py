@@ -36,6 +36,10 @@ class _Wrapper(Codec):
         expect(payload, self.name)
         return self.inner.decode(renamed(payload, self.inner.name), state)
 
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """The wrapped codec's: the payload is its payload, renamed."""
+        return self.inner.payload_nbytes(numel, dtype)
+
 
 class ErrorFeedback(_Wrapper):
     """Classic error feedback (Seide et al. 2014; Karimireddy et al. 2019, "Error Feedback Fixes SignSGD"): the

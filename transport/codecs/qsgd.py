@@ -69,3 +69,7 @@ class QSGDCodec(Codec):
         unit = norms.to(work) / payload.params["levels"]
         out = scale_buckets_(levels.to(work), unit, bucket)
         return out.to(payload.dtype), state
+
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """One int8 (int16) level per entry and one float32 norm per bucket."""
+        return numel * self.wire_dtype.itemsize + -(-numel // self._bucket(numel)) * torch.float32.itemsize

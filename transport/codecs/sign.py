@@ -37,3 +37,7 @@ class SignCodec(Codec):
         scale = float(scale[0])
         negative = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(np.bool_))
         return torch.full((n,), scale, dtype=payload.dtype).masked_fill_(negative, -scale), state
+
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """One bit per entry, packed into whole bytes, and one float32 scale."""
+        return -(-numel // 8) + torch.float32.itemsize

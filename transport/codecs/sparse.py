@@ -63,13 +63,24 @@ def uniform_subset(n: int, k: int, generator: torch.Generator) -> Tensor:
     return picked
 
 
+class Sparsifier(Codec):
+    """A codec that keeps `count(n)` of n entries and sends their values, in the input's dtype, as its "values" part."""
+
+    ratio: float | None
+    k: int | None
+
+    def count(self, numel: int) -> int:
+        """How many entries of a length-`numel` tensor are kept."""
+        return count_from(numel, self.ratio, self.k)
+
+
 def _scatter(n: int, dtype: torch.dtype, indices: Tensor, values: Tensor) -> Tensor:
     out = torch.zeros(n, dtype=dtype)
     out[indices] = values.to(dtype)
     return out
 
 
-class TopKCodec(Codec):
+class TopKCodec(Sparsifier):
     """Exactly the k largest magnitudes (k = `k`, or ceil(ratio * n)): ascending indices, int32 (int64 when
     n > 2^31 - 1), and their values in the input's dtype. Wire: k * (4 + 4) bytes for float32. Deterministic, biased.
     """
@@ -82,7 +93,7 @@ class TopKCodec(Codec):
     def encode(self, x: Tensor, state: State, generator: torch.Generator | None = None) -> tuple[Payload, State]:
         """Keep the k largest |x_i|."""
         x = flat_input(x)
-        indices = largest_magnitudes(x, count_from(x.numel(), self.ratio, self.k))
+        indices = largest_magnitudes(x, self.count(x.numel()))
         parts = {"indices": indices.to(index_dtype(x.numel())), "values": x[indices]}
         return Payload(self.name, tuple(x.shape), x.dtype, {}, parts), state
 
@@ -93,8 +104,12 @@ class TopKCodec(Codec):
         check_indices(indices, values, n)
         return _scatter(n, payload.dtype, indices, values), state
 
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """An index and a value of `dtype` per kept entry."""
+        return self.count(numel) * (index_dtype(numel).itemsize + dtype.itemsize)
 
-class RandKCodec(Codec):
+
+class RandKCodec(Sparsifier):
     """k uniformly random coordinates without replacement (k = `k`, or ceil(ratio * n)), decoded as their values
     times n / k: unbiased, E[x_hat] = x, per-entry variance x_i^2 (n / k - 1).
 
@@ -114,7 +129,7 @@ class RandKCodec(Codec):
         """Pick k coordinates at random and send their (unscaled) values."""
         x = flat_input(x)
         seed = draw_seed(generator)
-        k = count_from(x.numel(), self.ratio, self.k)
+        k = self.count(x.numel())
         indices = uniform_subset(x.numel(), k, torch.Generator().manual_seed(seed))
         where = {"indices": indices.to(index_dtype(x.numel()))} if self.send_indices else {"seed": torch.tensor([seed])}
         return Payload(self.name, tuple(x.shape), x.dtype, {}, {**where, "values": x[indices]}), state
@@ -132,3 +147,9 @@ class RandKCodec(Codec):
         check_indices(indices, values, n)
         scale = n / values.numel() if values.numel() else 0.0
         return _scatter(n, payload.dtype, indices, values.to(payload.dtype) * scale), state
+
+    def payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
+        """A value of `dtype` per kept entry, plus an index per kept entry or one int64 seed."""
+        k = self.count(numel)
+        where = k * index_dtype(numel).itemsize if self.send_indices else torch.int64.itemsize
+        return where + k * dtype.itemsize
