@@ -96,6 +96,8 @@ class TransportConfig:
     tls_key: str = ""
     tls_root_cert: str = ""  # what clients trust, for TLS
     auth_secret_file: str = ""  # a file holding the secret that per-client tokens derive from; empty: no tokens
+    idle_seconds: float = 30.0  # the server cancels a call whose stream moves no frame for this long
+    calls_per_client: int = 4  # calls one client id may have in progress at once on the server
 
 
 @dataclass
@@ -265,6 +267,9 @@ def validate_transport(transport: TransportConfig) -> None:
     _require(transport.max_message_bytes == 0 or transport.max_message_bytes > transport.chunk_bytes,
              "transport.max_message_bytes must be 0 or larger than transport.chunk_bytes")
     _require(transport.timeout_seconds > 0, f"transport.timeout_seconds must be > 0, got {transport.timeout_seconds}")
+    _require(transport.idle_seconds > 0, f"transport.idle_seconds must be > 0, got {transport.idle_seconds}")
+    _require(transport.calls_per_client >= 2, f"transport.calls_per_client must be >= 2 (a client's long poll and "
+                                               f"one more call), got {transport.calls_per_client}")
     _require(bool(transport.tls_cert) == bool(transport.tls_key), "transport.tls_cert and transport.tls_key go together")
     for key in ("tls_cert", "tls_key", "tls_root_cert", "auth_secret_file"):
         path = getattr(transport, key)

@@ -18,7 +18,7 @@ from transport.codecs.cast import IdentityCodec
 from transport.downlink import Broadcast
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
-from transport.grpc_server import serve
+from transport.grpc_server import ServerLimits, serve
 from transport.messages import Result, Task
 
 
@@ -32,6 +32,7 @@ class GrpcSettings:
     tls_key: str = ""
     tls_root_cert: str = ""
     auth_secret: bytes | None = None
+    limits: ServerLimits = ServerLimits()
 
 
 def advertised_address(listen: str, port: int) -> str:
@@ -104,7 +105,7 @@ class GrpcChannel(Channel):
         self.traffic = self.board.traffic
         tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         self.server, port = serve(self.board, settings.listen, tls=tls, auth_secret=settings.auth_secret,
-                                  max_message_bytes=settings.max_message_bytes or None)
+                                  max_message_bytes=settings.max_message_bytes or None, limits=settings.limits)
         self.address = advertised_address(settings.listen, port)
 
     def admit_with(self, admission: Admission) -> None:

@@ -30,6 +30,7 @@ from fl.worker import Worker
 from simulations.availability import availability_probabilities
 from simulations.federated_data import FederatedData
 from strategies.registry import strategy_config
+from transport.grpc_server import ServerLimits
 from transport.inprocess import InProcessChannel
 
 
@@ -66,8 +67,9 @@ def server_setup(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> S
 
 def grpc_settings(transport: TransportConfig) -> GrpcSettings:
     secret = Path(transport.auth_secret_file).read_bytes().strip() if transport.auth_secret_file else None
+    limits = ServerLimits(idle_seconds=transport.idle_seconds, calls_per_client=transport.calls_per_client)
     return GrpcSettings(transport.listen, transport.chunk_bytes, transport.max_message_bytes, transport.timeout_seconds,
-                        transport.tls_cert, transport.tls_key, transport.tls_root_cert, secret)
+                        transport.tls_cert, transport.tls_key, transport.tls_root_cert, secret, limits)
 
 
 def channel_factory(config: RunConfig) -> ChannelFactory | None:

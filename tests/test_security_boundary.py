@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import grpc
 import pytest
@@ -199,6 +203,43 @@ def test_buffers_grow_only_with_the_data_received() -> None:
         framing.PartsReader(header, max_bytes=(1 << 30) - 1)
 
 
+# 4. Idle and slow peers.
+
+def test_idle_streams_and_long_polls_starve_no_honest_client(tmp_path, honest_params) -> None:
+    """64 result streams that send nothing are open while the clients join and long-poll, then play both rounds,
+    as fast as without them; the silent streams are cancelled after `idle_seconds`."""
+    server = deployed_server(deploy_config(tmp_path, "transport.idle_seconds=1.5"))
+    silence = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        silence.wait(30)
+        yield from ()
+
+    attacker = grpc.insecure_channel(server.channel.address)
+    push = attacker.stream_unary("/fl.Federation/PushResult")
+    idle = [push.future(nothing(), timeout=30) for _ in range(64)]
+    start = time.perf_counter()
+    clients = [ManualClient(server.channel.address, i) for i in range(3)]
+    join_seconds = time.perf_counter() - start
+    polls = [ThreadPoolExecutor(3).submit(client.connection.pull_task, client.client_id, 0, 30) for client in clients]
+    try:
+        start = time.perf_counter()
+        for round in range(1, ROUNDS + 1):
+            with running_round(server, round):
+                for client, poll in zip(clients, polls if round == 1 else [None] * 3):
+                    assignment = poll.result(timeout=10) if poll else client.pull()
+                    client.send(client.compute(assignment))
+        honest_seconds = time.perf_counter() - start
+        codes = {future.exception(timeout=10).code() for future in idle}
+    finally:
+        silence.set()
+        attacker.close()
+        close_deployment(server, clients)
+
+    assert join_seconds < 2 and honest_seconds < 10 and codes == {Code.DEADLINE_EXCEEDED}
+    assert torch.equal(server.global_params, honest_params)
+
+
 # 5. One live session per client id.
 
 def test_a_second_process_with_the_same_client_id_is_refused(deployment, honest_params) -> None:
@@ -277,13 +318,12 @@ def test_the_worker_credential_is_not_any_clients_token_and_a_deployment_refuses
 # 8. Undecodable requests.
 
 @pytest.mark.parametrize("method", ["Join", "PullTask", "FetchParams"])
-def test_undecodable_requests_are_invalid_arguments(deployment, method: str) -> None:
-    server, _ = deployment
+def test_undecodable_requests_are_invalid_arguments(deployment, honest_params, method: str) -> None:
+    server, clients = deployment
     with grpc.insecure_channel(server.channel.address) as channel:
         call = (channel.unary_unary if method == "Join" else channel.unary_stream)(f"/fl.Federation/{method}")
-        error = refused_unchanged(server, Code.INVALID_ARGUMENT, lambda: list(_results(call(b"\xff\xff\xff", timeout=10))))
-    assert "undecodable" in error
-
-
-def _results(reply):
-    return reply if not isinstance(reply, bytes) else [reply]
+        read = (lambda: call(b"\xff\xff\xff", timeout=10)) if method == "Join" else \
+            (lambda: list(call(b"\xff\xff\xff", timeout=10)))
+        details = refused_unchanged(server, Code.INVALID_ARGUMENT, read)
+    assert "undecodable" in details
+    finish(server, clients, honest_params, first_round=1)
