@@ -124,14 +124,21 @@ class TaskBoard:
             return key
 
     def _end_session(self, client_id: int, key: str) -> None:
-        """Post again the tasks the ended session pulled and did not answer; forget the client's receiver state."""
+        """Post again the open tasks the ended session pulled; forget the client's receiver state."""
+        self._requeue(client_id, key)
+        self.admission.forget(client_id)
+
+    def _requeue(self, client_id: int, key: str) -> None:
+        """Put the open tasks that session `key` pulled back at the front of the client's queue."""
         pulled = sorted(task_id for task_id, entry in self._entries.items() if entry.session == key
                         and entry.result is None and not entry.receiving)
+        for task_id in pulled:
+            self._entries[task_id].session = ""
         queue = self._queues.setdefault(client_id, deque())
         queue.extendleft(reversed([task_id for task_id in pulled if task_id not in queue]))
         if not queue:
             del self._queues[client_id]
-        self.admission.forget(client_id)
+        self._changed()
 
     def joined(self) -> list[int]:
         """The clients that have joined, in ascending order."""
@@ -293,12 +300,15 @@ class TaskBoard:
             if kind != task.kind:
                 raise Refused(Code.INVALID_ARGUMENT, f"a {kind!r} result cannot answer a {task.kind!r} task")
             self._entries[task_id].receiving = True
-            self._entries[task_id].session = session
-            self._unqueue(task_id, client_id)
 
     def _release(self, task_id: int) -> None:
+        """A result was refused: the task is open again (and queued again if its session has ended meanwhile)."""
         with self._lock:
-            self._entries[task_id].receiving = False
+            entry = self._entries[task_id]
+            entry.receiving = False
+            session = self._sessions.get(entry.task.client_id)
+            if entry.session and session is not None and session.key != entry.session:
+                self._requeue(entry.task.client_id, entry.session)
 
     def _answer(self, task_id: int, result: Result, up_bytes: int, session: str = "") -> None:
         """Store an admitted result (its session still current) and count its bytes."""
@@ -306,6 +316,7 @@ class TaskBoard:
         with self._lock:
             entry = self._entries[task_id]
             entry.result, entry.receiving = result, False
+            self._unqueue(task_id, result.client_id)  # a result may answer a task its client never pulled
             self.traffic.add_up(result.client_id, up_bytes)
             self._lock.notify_all()
 

@@ -151,11 +151,11 @@ class FederationServicer:
                 self.board._reserve(header.task_id, header.client_id, header.version, header.kind, session)
                 try:
                     result, frame = await self._read_result(frame, frames)
+                    own_bytes = sum(sizes[first_size : len(sizes) - (frame is not None)])
+                    self.board._answer(header.task_id, result, own_bytes - tensor_bytes(result.state), session)
                 except BaseException:
                     self.board._release(header.task_id)
                     raise
-                own_bytes = sum(sizes[first_size : len(sizes) - (frame is not None)])
-                self.board._answer(header.task_id, result, own_bytes - tensor_bytes(result.state), session)
                 stored.append(header.task_id)
                 if frame is None:
                     return fl_pb2.PushReply(task_id=stored[0], task_ids=stored).SerializeToString()
