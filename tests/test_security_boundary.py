@@ -27,8 +27,6 @@ from tests.grpc_helpers import PayloadAdmission, refusal
 from transport import framing
 from transport.auth import WORKER, auth_metadata, client_token, worker_token
 from transport.board import TaskBoard
-from transport.codecs.base import Payload
-from transport.codecs.registry import make_codec
 from transport.grpc_client import FederationClient
 from transport.grpc_server import ListenError, serve
 from transport.channel import UpdateRefused

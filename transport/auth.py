@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 
 CLIENT_KEY = "x-fl-client"
@@ -45,7 +46,7 @@ def authenticated_client(secret: bytes, metadata: Iterable[tuple[str, str | byte
     or signed wrongly."""
     values = dict(metadata)
     client, token = values.get(CLIENT_KEY), values.get(TOKEN_KEY)
-    if not isinstance(client, str) or not isinstance(token, str) or not client.lstrip("-").isdigit():
+    if not isinstance(client, str) or not isinstance(token, str) or not re.fullmatch(r"-?[0-9]{1,19}", client):
         return None
     client_id = int(client)
     if client_id < WORKER:

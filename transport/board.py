@@ -15,7 +15,6 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import grpc
-from torch import Tensor
 
 from transport import framing, wire
 from transport.auth import WORKER
@@ -254,8 +253,8 @@ class TaskBoard:
             return
         with self._lock:
             session = self._sessions.get(client_id)
-            if session is None:
-                raise Refused(Code.FAILED_PRECONDITION, f"client {client_id} has not joined: join first")
+            if session is None or not key:
+                raise Refused(Code.FAILED_PRECONDITION, f"client {client_id} has no session: join first")
             if key != session.key:
                 raise Refused(Code.FAILED_PRECONDITION, f"this session of client {client_id} was replaced by a later "
                                                         f"Join (another process with the same id?)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -104,7 +105,7 @@ class FederationServicer:
                 return
             session = _session(context)
             self.board._check_session(request.client_id, session)
-            wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)  # NaN: no wait
+            wait = 0.0 if math.isnan(request.wait_seconds) else min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
             outcome = await self._poll(lambda: self.board._next_task(request.client_id, request.task_id, session), wait)
             if outcome is None or isinstance(outcome, int):
                 signal = fl_pb2.WAIT if outcome is None else outcome

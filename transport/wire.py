@@ -25,6 +25,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
+MAX_ELEMENTS = 1 << 48  # no tensor that travels has more, even counting its empty dimensions as 1
 
 Encoded = tuple[fl_pb2.Frame, list[memoryview]]
 
@@ -54,6 +55,8 @@ def part_tensor(part: fl_pb2.TensorPart, data: bytearray) -> Tensor:
     dtype, shape = dtype_from_name(part.dtype), tuple(part.shape)
     if any(size < 0 for size in shape):
         raise ValueError(f"tensor part {part.name!r} has a negative dimension: {shape}")
+    if math.prod(max(size, 1) for size in shape) > MAX_ELEMENTS:  # torch's size and stride arithmetic would overflow
+        raise ValueError(f"tensor part {part.name!r} has an impossible shape: {shape}")
     needed = math.prod(shape) * dtype.itemsize
     if len(data) != needed:
         raise ValueError(f"tensor part {part.name!r}: {len(data)} bytes, but shape {shape} {part.dtype} needs {needed}")
