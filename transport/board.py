@@ -86,7 +86,7 @@ class TaskBoard:
         self.max_staleness = max_staleness
         self.traffic = Traffic()
         self._lock = threading.Condition()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[int | None], None]] = []
         self._params: dict[int, list[bytes]] = {}  # version -> serialized frames of the whole parameters
         self._changes: dict[int, list[bytes]] = {}  # version -> serialized frames of the change from version - 1
         self.downloads = DownloadLedger()  # the kept changes' sizes; with charge_params_per_task, who holds what
@@ -119,7 +119,7 @@ class TaskBoard:
                 key = secrets.token_hex(16)
                 self._sessions[client_id] = _Session(key, time.monotonic())
             self._joined.add(client_id)
-            self._changed()
+            self._lock.notify_all()
             return key
 
     def _end_session(self, client_id: int, key: str) -> None:
@@ -137,7 +137,7 @@ class TaskBoard:
         queue.extendleft(reversed([task_id for task_id in pulled if task_id not in queue]))
         if not queue:
             del self._queues[client_id]
-        self._changed()
+        self._changed(client_id)
 
     def joined(self) -> list[int]:
         """The clients that have joined, in ascending order."""
@@ -190,7 +190,7 @@ class TaskBoard:
                 self.traffic.add_down(task.client_id, self.downloads.charge(task.client_id, task.version, whole))
             self._entries[task_id] = _Entry(task)
             self._queues.setdefault(task.client_id, deque()).append(task_id)
-            self._changed()
+            self._changed(task.client_id)
         return task_id
 
     def take(self, task_id: int, timeout: float | None = None) -> Result:
@@ -208,8 +208,9 @@ class TaskBoard:
             self._closed = True
             self._changed()
 
-    def on_change(self, listener: Callable[[], None]) -> None:
-        """Call `listener` (from any thread, with the board locked) whenever a task is posted or the board closes."""
+    def on_change(self, listener: Callable[[int | None], None]) -> None:
+        """Call `listener(client_id)` (from any thread, with the board locked) when a task is queued for that client,
+        and `listener(None)` when the board closes."""
         with self._lock:
             self._listeners.append(listener)
 
@@ -224,10 +225,11 @@ class TaskBoard:
                     "told_done": sorted(self._told_done), "traffic": (dict(self.traffic.down), dict(self.traffic.up)),
                     "downloads": (dict(self.downloads.held), dict(self.downloads.change_sizes))}
 
-    def _changed(self) -> None:
+    def _changed(self, client_id: int | None = None) -> None:
+        """Wake what waits on the board: threads, and the listeners of `client_id` (None: of every client)."""
         self._lock.notify_all()
         for listener in self._listeners:
-            listener()
+            listener(client_id)
 
     # Servicer side: each raises Refused for a call the board turns down.
 

@@ -58,18 +58,25 @@ def _refusals(method: Callable) -> Callable:
 
 
 class _Wakeup:
-    """An asyncio event set from any thread whenever the board changes; waiters take the current one, then check."""
+    """Per-client asyncio events, set from any thread when the board queues a task for that client (or closes); a
+    waiter takes its client's event before it checks the board, so no change is missed."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.event = loop, asyncio.Event()
+        self.loop = loop
+        self._events: dict[int, asyncio.Event] = {}
 
-    def notify(self) -> None:
+    def event(self, client_id: int) -> asyncio.Event:
+        return self._events.setdefault(client_id, asyncio.Event())
+
+    def notify(self, client_id: int | None) -> None:
         if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._fire)
+            self.loop.call_soon_threadsafe(self._fire, client_id)
 
-    def _fire(self) -> None:
-        event, self.event = self.event, asyncio.Event()
-        event.set()
+    def _fire(self, client_id: int | None) -> None:
+        for waiting in list(self._events) if client_id is None else [client_id]:
+            event = self._events.pop(waiting, None)
+            if event is not None:
+                event.set()
 
 
 class FederationServicer:
@@ -106,7 +113,8 @@ class FederationServicer:
             session = _session(context)
             self.board._check_session(request.client_id, session)
             wait = 0.0 if math.isnan(request.wait_seconds) else min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
-            outcome = await self._poll(lambda: self.board._next_task(request.client_id, request.task_id, session), wait)
+            outcome = await self._poll(request.client_id, wait,
+                                       lambda: self.board._next_task(request.client_id, request.task_id, session))
             if outcome is None or isinstance(outcome, int):
                 signal = fl_pb2.WAIT if outcome is None else outcome
                 await self._write(context, [fl_pb2.Frame(signal=signal).SerializeToString()])
@@ -198,13 +206,13 @@ class FederationServicer:
                 raise Refused(Code.DEADLINE_EXCEEDED, f"the client read nothing for {self.limits.idle_seconds:g} s") \
                     from None
 
-    async def _poll(self, attempt: Callable[[], Any], seconds: float) -> Any:
-        """`attempt()` until it gives something other than None, retried whenever the board changes, for at most
-        `seconds`; None if nothing came."""
+    async def _poll(self, client_id: int, seconds: float, attempt: Callable[[], Any]) -> Any:
+        """`attempt()` until it gives something other than None, retried whenever the board changes for `client_id`,
+        for at most `seconds`; None if nothing came."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while True:
-            event = self.wakeup.event  # taken before the attempt, so a change after it is not missed
+            event = self.wakeup.event(client_id)  # taken before the attempt, so a change after it is not missed
             outcome = attempt()
             remaining = deadline - loop.time()
             if outcome is not None or remaining <= 0:
@@ -297,7 +305,10 @@ class FederationServer:
         servicer = FederationServicer(board, auth_secret, max_message_bytes, limits, wakeup)
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.so_reuseport", 0)]  # a second server on a busy port fails instead of sharing it
+                   ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
+                   # gRPC's core cancels calls beyond its queue (1,000 by default) before Python sees them
+                   ("grpc.server.max_pending_requests", limits.max_concurrent_calls),
+                   ("grpc.server.max_pending_requests_hard_limit", limits.max_concurrent_calls)]
         self._server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.max_concurrent_calls)
         self._server.add_generic_rpc_handlers((_handlers(servicer),))
         try:
