@@ -71,10 +71,13 @@ class ManualClient:
 def close_deployment(server: Server, clients: list[ManualClient]) -> None:
     """End the run as `fl server` does: every client hears DONE, then the server stops."""
     server.channel.board.close()
-    for client in clients:
-        assert client.connection.pull_task(client.client_id) == "done"
-        client.close()
-    server.close()
+    try:
+        for client in clients:
+            assert client.connection.pull_task(client.client_id) == "done"
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
 
 
 @contextmanager
@@ -105,6 +108,19 @@ def play_round(server: Server, round: int, clients: list[ManualClient]) -> None:
     with running_round(server, round):
         for client in clients:
             client.send(client.compute(client.pull()))
+
+
+def honest_final_params(config: RunConfig, rounds: int) -> torch.Tensor:
+    """The global parameters after `rounds` honest rounds of a fresh deployment of `config`: what an attacked run
+    must still end with."""
+    server = deployed_server(config)
+    clients = [ManualClient(server.channel.address, i) for i in range(config.data.num_clients)]
+    try:
+        for round in range(1, rounds + 1):
+            play_round(server, round, clients)
+        return server.global_params.clone()
+    finally:
+        close_deployment(server, clients)
 
 
 def snapshot(server: Server) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from fl.server import Server
 from fl.simulation import server_setup
 from fl.worker import Worker
 from tests.federation_harness import (
-    ManualClient, assert_same, close_deployment, deploy_config, deployed_server, play_round, running_round, snapshot,
+    ManualClient, assert_same, close_deployment, deploy_config, deployed_server, honest_final_params, play_round,
+    running_round, snapshot,
 )
 from tests.grpc_helpers import PayloadAdmission, refusal
 from transport import framing
@@ -42,14 +43,7 @@ SECRET = b"server secret"
 @pytest.fixture(scope="module")
 def honest_params(tmp_path_factory) -> torch.Tensor:
     """The final parameters of the deployment when nobody attacks it."""
-    server = deployed_server(deploy_config(tmp_path_factory.mktemp("honest")))
-    clients = [ManualClient(server.channel.address, i) for i in range(3)]
-    try:
-        for round in range(1, ROUNDS + 1):
-            play_round(server, round, clients)
-        return server.global_params.clone()
-    finally:
-        close_deployment(server, clients)
+    return honest_final_params(deploy_config(tmp_path_factory.mktemp("honest")), ROUNDS)
 
 
 @pytest.fixture

@@ -46,7 +46,8 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from tests.federation_harness import (
-    NUM_CLIENTS, ManualClient, assert_same, deploy_config, deployed_server, play_round, running_round, snapshot,
+    NUM_CLIENTS, ManualClient, assert_same, close_deployment, deploy_config, deployed_server, honest_final_params,
+    play_round, running_round, snapshot,
 )
 from fl.server import Server
 from transport import framing, wire
@@ -143,17 +144,6 @@ def launch(name: str, folder: Path, secret: bytes | None) -> Target:
                   board.snapshot()["sessions"], accepted, assignment.task_id, sent, computed, round_two)
 
 
-def shut_down(server: Server, clients: list[ManualClient]) -> None:
-    """Close the board, let every client hear DONE (so the server need not wait for them), and stop."""
-    server.channel.board.close()
-    for client in clients:
-        try:
-            client.connection.pull_task(client.client_id)
-        finally:
-            client.close()
-    server.close()
-
-
 def servicer_of(board: TaskBoard) -> FederationServicer:
     """The servicer serving `board` (the server keeps it only inside gRPC's handlers), whose `_calls` counts the
     calls in progress per client id."""
@@ -190,20 +180,13 @@ def targets(tmp_path_factory) -> Iterator[list[Target]]:
                 target.finish_round()
             finally:
                 target.channel.close()
-                shut_down(target.server, target.clients)
+                close_deployment(target.server, target.clients)
 
 
 @pytest.fixture(scope="module")
 def reference_params(tmp_path_factory) -> Tensor:
     """The global parameters after ROUNDS honest rounds on a server never attacked."""
-    server = deployed_server(deploy_config(tmp_path_factory.mktemp("reference"), *OVERRIDES))
-    clients = [ManualClient(server.channel.address, i) for i in range(NUM_CLIENTS)]
-    try:
-        for round in range(1, ROUNDS + 1):
-            play_round(server, round, clients)
-        return server.global_params.clone()
-    finally:
-        shut_down(server, clients)
+    return honest_final_params(deploy_config(tmp_path_factory.mktemp("reference"), *OVERRIDES), ROUNDS)
 
 
 # Calls and their checks.
