@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--secret-file", required=True, help="the file named by transport.auth_secret_file")
     token.add_argument("--client-id", type=int, required=True)
     commands.add_parser("strategies", help="list the registered strategies")
-    plot = commands.add_parser("plot", help="draw accuracy and loss per round of one or more runs")
+    plot = commands.add_parser("plot", help="draw accuracy and loss of one or more runs per round, virtual time or bytes")
     plot.add_argument("runs", nargs="+", help="run directories, e.g. runs/quickstart")
     plot.add_argument("--out", default=None, help="PNG path (default: curves.png in the first run directory)")
+    plot.add_argument("--x", choices=("round", "time", "bytes"), default="round",
+                      help="the x axis: rounds, virtual seconds, or cumulative bytes moved (default %(default)s)")
     return parser
 
 
@@ -108,7 +110,7 @@ def _plot(args: argparse.Namespace) -> int:
     from fl.plot import plot_runs
 
     out = args.out or Path(args.runs[0]) / "curves.png"
-    print(plot_runs(args.runs, out))
+    print(plot_runs(args.runs, out, args.x))
     return 0
 
 

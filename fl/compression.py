@@ -34,11 +34,13 @@ def encode_update(codec: Codec, update: Tensor, codec_state: State, seed: int) -
 
 class UplinkDecoder:
     """The server side: decode a client's payload, refuse a wrong shape or dtype or a non-finite value. Decoding
-    changes nothing; `commit` stores the receiver state (EF21's estimate) of an update the server admitted."""
+    changes nothing; `stage` keeps the receiver state (EF21's estimate) of an update the server admitted, and the
+    round's `commit` writes it (or `discard` drops it, when the round fails)."""
 
     def __init__(self, codec: Codec, num_params: int, dtypes: tuple[torch.dtype, ...]) -> None:
         self.codec, self.num_params, self.dtypes = codec, num_params, dtypes
         self.states: dict[int, State] = {}
+        self.staged: dict[int, State] = {}
 
     def max_payload_bytes(self) -> int:
         """The largest payload an update may have: the codec's size for the model in the widest allowed dtype."""
@@ -58,11 +60,20 @@ class UplinkDecoder:
             raise ValueError("update holds NaN or Inf values")
         return update, state
 
-    def commit(self, client_id: int, state: State) -> None:
-        self.states[client_id] = state
+    def stage(self, client_id: int, state: State) -> None:
+        self.staged[client_id] = state
+
+    def commit(self) -> None:
+        """Write the staged states: the round that admitted them succeeded."""
+        staged, self.staged = self.staged, {}
+        self.states.update(staged)
+
+    def discard(self) -> None:
+        self.staged = {}
 
     def forget(self, client_id: int) -> None:
         self.states.pop(client_id, None)
+        self.staged.pop(client_id, None)
 
 
 class Downlink:

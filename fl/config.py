@@ -20,6 +20,7 @@ from fl.models import MODELS
 from fl.training import OPTIMIZERS, UPDATE_DTYPES, TrainConfig
 from fl.worker import DEVICES
 from simulations.partitions import PARTITIONERS
+from simulations.profiles import sample_profiles
 from strategies.registry import strategy_config
 from transport.codecs.registry import make_codec
 
@@ -57,6 +58,26 @@ class SamplingConfig:
     availability: str = "always"  # always | uniform (each client reachable with a fixed probability in [low, high])
     availability_low: float = 0.2
     availability_high: float = 1.0
+    deadline: float = 0.0  # virtual seconds a round waits for its clients; later ones are late (0: no deadline)
+    over_select: float = 1.0  # select ceil(per_round * over_select) clients, keep the first per_round to arrive
+
+
+@dataclass
+class DevicesConfig:
+    """Per-client device and network profiles (simulations/profiles.py); all empty: every client is instantaneous
+    and always available. Distributions: "constant:value=V", "uniform:low=A,high=B", "lognormal:median=M,sigma=S"."""
+
+    compute: str = ""  # seconds per training sample
+    bandwidth_up: str = ""  # bytes per second
+    bandwidth_down: str = ""  # bytes per second
+    latency: str = ""  # seconds per task
+    availability: str = ""  # always | bernoulli:p=P | trace:file=PATH,period=SECONDS
+    dropout: str = ""  # probability that a task fails midway and its result never arrives
+    table: str = ""  # a CSV of per-client columns that replace the distributions (client i takes row i % rows)
+
+    def spec(self) -> dict[str, str]:
+        """The keys that are set: empty when no profile is configured."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value}
 
 
 @dataclass
@@ -114,6 +135,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -237,6 +259,12 @@ def validate(config: RunConfig) -> None:
     _require(1 <= sampling.per_round <= data.num_clients,
              f"sampling.per_round must be in [1, data.num_clients={data.num_clients}], got {sampling.per_round}")
     _one_of("sampling.availability", sampling.availability, AVAILABILITY)
+    _require(sampling.deadline >= 0, f"sampling.deadline must be >= 0 virtual seconds, got {sampling.deadline}")
+    _require(sampling.over_select >= 1, f"sampling.over_select must be >= 1, got {sampling.over_select}")
+    try:
+        sample_profiles(config.devices.spec(), data.num_clients, config.seed)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"devices: {error}") from None
     _require(0 < sampling.availability_low <= sampling.availability_high <= 1,
              "sampling.availability_low and availability_high must satisfy 0 < low <= high <= 1")
     _require(config.eval.every >= 0 and config.eval.federated_every >= 0, "eval.every and eval.federated_every must be >= 0")

@@ -15,10 +15,11 @@ class RoundProgress:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("acc {task.fields[accuracy]}  loss {task.fields[loss]}  clients {task.fields[clients]}"),
+            TextColumn("acc {task.fields[accuracy]}  loss {task.fields[loss]}  clients {task.fields[clients]}"
+                       "  virtual {task.fields[virtual]}"),
             TimeElapsedColumn(), console=self.console,
         )
-        self.task = self.progress.add_task(title, total=rounds, accuracy="-", loss="-", clients="-")
+        self.task = self.progress.add_task(title, total=rounds, accuracy="-", loss="-", clients="-", virtual="-")
 
     def __enter__(self) -> "RoundProgress":
         self.progress.start()
@@ -30,8 +31,8 @@ class RoundProgress:
     def update(self, metrics: dict[str, Any]) -> None:
         accuracy = metrics.get("test_accuracy")
         self.progress.update(
-            self.task, advance=1, clients=metrics["clients"], loss=f"{metrics['train_loss']:.4f}",
-            accuracy="-" if accuracy is None else f"{accuracy:.4f}",
+            self.task, advance=1, clients=metrics["clients"], loss=_number(metrics["train_loss"]),
+            accuracy=_number(accuracy), virtual=_duration(metrics.get("virtual_time", 0.0)),
         )
         if accuracy is not None:
             self.progress.console.print(
@@ -46,7 +47,8 @@ def summary_table(history: list[dict[str, Any]], run_dir: Path | None, wall_seco
         ("rounds", str(len(history))),
         ("final accuracy", f"{accuracies[-1]:.4f}" if accuracies else "-"),
         ("best accuracy", f"{max(accuracies):.4f}" if accuracies else "-"),
-        ("final train loss", f"{history[-1]['train_loss']:.4f}" if history else "-"),
+        ("final train loss", _number(history[-1]["train_loss"]) if history else "-"),
+        ("virtual time", _duration(history[-1].get("virtual_time", 0.0)) if history else "-"),
         ("bytes up", f"{sum(m['bytes_up'] for m in history):,}"),
         ("bytes down", f"{sum(m['bytes_down'] for m in history):,}"),
         ("wall seconds", f"{wall_seconds:.1f}"),
@@ -55,3 +57,16 @@ def summary_table(history: list[dict[str, Any]], run_dir: Path | None, wall_seco
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    """Virtual seconds as the display shows them ("-" while the clock stands at 0: no device profiles)."""
+    if not seconds:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

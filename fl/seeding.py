@@ -7,6 +7,12 @@ import numpy as np
 # Purposes keep the streams of one (round, client) pair apart.
 INIT, SAMPLING, AVAILABILITY, TRAINING, EVALUATION, CODEC = range(6)
 
+# Streams that are not keyed by a round start with a namespace above any round number, so that no new stream can
+# repeat an old stream's keys with another meaning: derive_seed(seed, NAMESPACE, ...).
+DEVICES = 1 << 62  # the device profiles drawn at the start: derive_seed(seed, DEVICES)
+SELECTION = DEVICES + 1  # a client's availability when selected: derive_seed(seed, SELECTION, round, client)
+DROPOUT = DEVICES + 2  # whether and when a client's task fails: derive_seed(seed, DROPOUT, round, client)
+
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed (valid for torch and numpy) that depends on every key."""

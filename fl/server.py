@@ -6,6 +6,7 @@ channel, pool of worker actors); results never depend on which.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
@@ -14,17 +15,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl.clock import RoundSchedule
 from fl.models import ModelFn
 from fl.params import ParamSpec
 from fl.pool import WorkerPool
 from fl.seeding import AVAILABILITY, CODEC, EVALUATION, INIT, SAMPLING, TRAINING, derive_rng, derive_seed
 from fl.state_store import ClientStateStore
 from fl.compression import Downlink, UplinkDecoder
+from fl.timing import TaskTiming
 from fl.training import UPDATE_DTYPES, TrainConfig, evaluate
 from fl.validation import ResultAdmission
 from fl.worker import WorkerSetup, as_tensor, resolve_device
 from simulations.availability import available_clients
 from simulations.federated_data import FederatedData
+from simulations.profiles import DeviceProfiles
 from strategies.base import Federation, Reply, SyncStrategy
 from transport.channel import Channel, Endpoint
 from transport.codecs.registry import make_codec
@@ -57,6 +61,9 @@ class ServerSetup:
     uplink: str = "identity"  # codec spec for client updates
     downlink: str = "identity"  # codec spec for the broadcast of the global parameters
     clients_keep_state: bool = False  # deployment: clients keep their own state, and results may carry none
+    devices: DeviceProfiles | None = None  # per-client speeds, bandwidths, availability; None: instantaneous
+    deadline: float = 0.0  # virtual seconds a round waits for its clients (0: no deadline)
+    over_select: float = 1.0  # select ceil(per_round * over_select) clients, keep the first per_round to arrive
 
 
 class Server:
@@ -69,9 +76,11 @@ class Server:
         self.spec = ParamSpec.from_module(self.model)
         self.global_params = self.spec.flatten(self.model).cpu()
         self.version = 0  # of the last published global parameters
-        self._published: Tensor | None = None
+        self._unpublished = True  # a commit changed the global parameters since the last broadcast
+        self.events: list[tuple[int, float, str, int]] = []  # (round, virtual time, kind, client id)
         data = setup.data
-        federation = Federation(data.num_clients, setup.per_round, self.spec.num_params, self.spec.num_trainable,
+        selected = min(math.ceil(setup.per_round * setup.over_select), data.num_clients)
+        federation = Federation(data.num_clients, selected, self.spec.num_params, self.spec.num_trainable,
                                 self.global_params.dtype)
         self.strategy = setup.strategy.build(federation)
         self.store = ClientStateStore()
@@ -81,6 +90,9 @@ class Server:
         self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder,
                                                 self.strategy.reply_tensors, accept_state=not setup.clients_keep_state))
         self.downlink = Downlink(make_codec(setup.downlink))
+        reply_bytes = sum(math.prod(t.shape) * t.dtype.itemsize for t in self.strategy.reply_tensors.values())
+        upload_bytes = self.decoder.codec.payload_nbytes(self.spec.num_params, update_dtype) + reply_bytes
+        self.timing = TaskTiming(setup.devices, setup.seed, data.train_sizes(), setup.train_config, upload_bytes)
         self.sizes = data.train_sizes()
         self.test_x, self.test_y = as_tensor(data.test_x, self.device), as_tensor(data.test_y, self.device)
         worker_setup = WorkerSetup(setup.model_fn, data, setup.train_config, self.strategy.client_algorithm,
@@ -94,32 +106,19 @@ class Server:
         return self.spec
 
     def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
-        """Train one round; evaluate when due (or when `evaluate_now`). Returns the round's metrics."""
+        """Dispatch, collect and commit one round on the virtual clock; evaluate when due (or when `evaluate_now`).
+        Returns the round's metrics. A round that fails writes nothing: parameters, client state and decoder state
+        stay as they were."""
         start = time.perf_counter()
-        seed = self.setup.seed
-        instructions = self.strategy.configure(round, self.global_params, self._available(round),
-                                               derive_rng(seed, round, SAMPLING))
-        version = self._publish()
-        tasks = [Task(TRAIN, version, i.client_id, derive_seed(seed, round, i.client_id, TRAINING), i.config, i.tensors,
-                      self.store.get(i.client_id)) for i in instructions]
-        receipts = self.pool.run([self.channel.post(t) for t in tasks], [float(self.sizes[t.client_id]) for t in tasks])
-        tally = _Tally()
-        new_global, server_metrics = self.strategy.aggregate(round, self.global_params, self._replies(receipts, tally))
-        if tally.count != len(tasks):
-            raise RuntimeError(f"{type(self.strategy).__name__}.aggregate read {tally.count} of {len(tasks)} replies")
-        if not torch.isfinite(new_global).all():
-            raise FloatingPointError(f"round {round}: the global model holds NaN or Inf (try a smaller learning rate)")
-        self.global_params = new_global
-        down, up = self.channel.traffic.take()
-        metrics: dict[str, Any] = {
-            "round": round,
-            "clients": len(tasks),
-            "train_loss": tally.mean_loss(),
-            "bytes_up": sum(up.values()),
-            "bytes_down": sum(down.values()),
-            "bytes_by_client": {str(c): [down.get(c, 0), up.get(c, 0)] for c in sorted(down.keys() | up.keys())},
-            **server_metrics,
-        }
+        schedule, unavailable, tasks, receipts = self._dispatch(round)
+        tally, staged = _Tally(), {}
+        try:
+            new_global, server_metrics = self._collect(round, tasks, receipts, tally, staged)
+        except BaseException:
+            self.decoder.discard()
+            raise
+        self._commit(new_global, staged)
+        metrics = self._round_metrics(round, schedule, unavailable, tally, server_metrics)
         every = self.setup.eval_every
         if evaluate_now or (every > 0 and round % every == 0):
             metrics.update(self.evaluate_central())
@@ -127,6 +126,65 @@ class Server:
         if every > 0 and round % every == 0:
             metrics.update(self.evaluate_federated(round))
         metrics["wall_seconds"] = time.perf_counter() - start
+        return metrics
+
+    def _dispatch(self, round: int) -> tuple[RoundSchedule, int, list[Task], Iterator[Any]]:
+        """Choose the clients among those online, publish the global parameters, place every task on the virtual
+        clock, and post the tasks of the clients the round keeps, in the order they arrive."""
+        seed = self.setup.seed
+        candidates = self._available(round)
+        online = self.timing.online(round, candidates)
+        instructions = self.strategy.configure(round, self.global_params.clone(), online,
+                                               derive_rng(seed, round, SAMPLING))
+        version = self._publish()
+        keep = self.setup.per_round if self.setup.over_select > 1 else len(instructions)
+        schedule = self.timing.schedule(round, instructions, keep, self.setup.deadline)
+        self.events += [(round, *event) for event in schedule.events]
+        chosen = {instruction.client_id: instruction for instruction in instructions}
+        tasks = [Task(TRAIN, version, c, derive_seed(seed, round, c, TRAINING), chosen[c].config, chosen[c].tensors,
+                      self.store.get(c)) for c in schedule.kept]
+        receipts = self.pool.run([self.channel.post(t) for t in tasks], [float(self.sizes[t.client_id]) for t in tasks])
+        return schedule, len(candidates) - len(online), tasks, receipts
+
+    def _collect(self, round: int, tasks: list[Task], receipts: Iterator[Any], tally: "_Tally",
+                 staged: dict[int, dict[str, Tensor]]) -> tuple[Tensor | None, dict[str, float]]:
+        """Stream the results into the strategy, staging their client state; the new global parameters (None for
+        an empty round, which keeps the model)."""
+        if not tasks:
+            return None, {}
+        replies = self._replies(receipts, tally, staged)
+        new_global, server_metrics = self.strategy.aggregate(round, self.global_params.clone(), replies)
+        if tally.count != len(tasks):
+            raise RuntimeError(f"{type(self.strategy).__name__}.aggregate read {tally.count} of {len(tasks)} replies")
+        if not torch.isfinite(new_global).all():
+            raise FloatingPointError(f"round {round}: the global model holds NaN or Inf (try a smaller learning rate)")
+        return new_global, server_metrics
+
+    def _commit(self, new_global: Tensor | None, staged: dict[int, dict[str, Tensor]]) -> None:
+        """Write what the round changed: client state, the uplink decoder's state, the global parameters (a copy,
+        so that no tensor a strategy keeps can change them later)."""
+        for client_id, state in staged.items():
+            self.store.put(client_id, state)
+        self.decoder.commit()
+        if new_global is not None:
+            self.global_params, self._unpublished = new_global.detach().clone(), True
+
+    def _round_metrics(self, round: int, schedule: RoundSchedule, unavailable: int, tally: "_Tally",
+                       server_metrics: dict[str, float]) -> dict[str, Any]:
+        down, up = self.channel.traffic.take()
+        metrics: dict[str, Any] = {
+            "round": round,
+            "clients": tally.count,
+            "train_loss": tally.mean_loss(),
+            "bytes_up": sum(up.values()),
+            "bytes_down": sum(down.values()),
+            "bytes_by_client": {str(c): [down.get(c, 0), up.get(c, 0)] for c in sorted(down.keys() | up.keys())},
+            **server_metrics,
+            "virtual_time": schedule.end,
+        }
+        if self.setup.devices is not None:
+            metrics.update(round_seconds_virtual=schedule.end - schedule.start, dropped=len(schedule.dropped),
+                           late=len(schedule.late), unavailable=unavailable)
         return metrics
 
     def evaluate_central(self) -> dict[str, float]:
@@ -157,13 +215,15 @@ class Server:
         self.channel.close()
 
     def _publish(self) -> int:
-        """Broadcast the global parameters as a new version unless they are already out; returns the version.
-        Clients receive the downlink codec's replica of them."""
-        if self._published is not self.global_params:
+        """Broadcast the global parameters as a new version when a commit changed them since the last broadcast;
+        returns the version. Clients receive the downlink codec's replica of them."""
+        if self._unpublished:
             self.version += 1
             seed = derive_seed(self.setup.seed, self.version, CODEC)
-            self.channel.publish(self.version, self.downlink.broadcast(self.version, self.global_params, seed))
-            self._published = self.global_params
+            broadcast = self.downlink.broadcast(self.version, self.global_params, seed)
+            self.channel.publish(self.version, broadcast)
+            self.timing.published(self.version, broadcast)
+            self._unpublished = False
         return self.version
 
     def _available(self, round: int) -> np.ndarray:
@@ -178,10 +238,12 @@ class Server:
         """Deployment: block until `count` clients have joined."""
         return self.channel.board.wait_for_clients(count, timeout)
 
-    def _replies(self, receipts: Iterator[Any], tally: "_Tally") -> Iterator[Reply]:
+    def _replies(self, receipts: Iterator[Any], tally: "_Tally", staged: dict[int, dict[str, Tensor]]
+                 ) -> Iterator[Reply]:
         for receipt in receipts:
             result: Result = self.channel.receive(receipt)
-            self.store.put(result.client_id, result.state)
+            if result.state:
+                staged[result.client_id] = result.state
             tally.add(result)
             yield Reply(result.client_id, result.update, result.num_samples, result.metrics, result.tensors)
 
@@ -197,5 +259,6 @@ class _Tally:
         self.samples += result.num_samples
         self.loss_sum += result.metrics["loss"] * result.num_samples
 
-    def mean_loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+    def mean_loss(self) -> float | None:
+        """The sample-weighted mean training loss (None when no client replied)."""
+        return self.loss_sum / self.samples if self.samples else None

@@ -24,11 +24,12 @@ from fl.progress import RoundProgress, summary_table
 from fl.deploy import RemotePool
 from fl.run_dir import RunWriter, to_toml
 from fl.scenario import build_data, build_model_fn
-from fl.seeding import AVAILABILITY, derive_rng
+from fl.seeding import AVAILABILITY, DEVICES, derive_rng, derive_seed
 from fl.server import ChannelFactory, Server, ServerSetup
 from fl.worker import Worker
 from simulations.availability import availability_probabilities
 from simulations.federated_data import FederatedData
+from simulations.profiles import sample_profiles
 from strategies.registry import strategy_config
 from transport.grpc_server import ServerLimits
 from transport.inprocess import InProcessChannel
@@ -56,12 +57,15 @@ def server_setup(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> S
     if sampling.availability == "uniform":
         availability = availability_probabilities(data.num_clients, sampling.availability_low,
                                                   sampling.availability_high, derive_rng(config.seed, AVAILABILITY))
+    devices = config.devices.spec()
+    profiles = sample_profiles(devices, data.num_clients, derive_seed(config.seed, DEVICES)) if devices else None
     return ServerSetup(
         model_fn=model_fn, data=data, strategy=strategy_config(config.strategy.name, config.strategy.options),
         train_config=config.client, seed=config.seed, per_round=sampling.per_round, availability=availability,
         eval_every=config.eval.every, federated_eval_every=config.eval.federated_every,
         federated_eval_clients=config.eval.federated_clients, device=config.runtime.device,
         threads=config.runtime.threads_per_worker, uplink=config.transport.uplink, downlink=config.transport.downlink,
+        devices=profiles, deadline=sampling.deadline, over_select=sampling.over_select,
     )
 
 

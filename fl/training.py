@@ -48,6 +48,14 @@ def make_optimizer(config: TrainConfig, parameter: nn.Parameter) -> torch.optim.
     raise ValueError(f"unknown optimizer {config.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
+def samples_processed(num_samples: int, config: TrainConfig) -> int:
+    """How many samples local training visits (what `batch_indices` yields, counted without drawing it)."""
+    if config.steps <= 0:
+        return config.epochs * num_samples
+    per_epoch = -(-num_samples // config.batch_size)
+    return (config.steps // per_epoch) * num_samples + (config.steps % per_epoch) * config.batch_size
+
+
 def batch_indices(num_samples: int, config: TrainConfig, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     """Mini-batches of a fresh permutation each epoch; `config.steps` > 0 takes exactly that many batches."""
     steps_left = config.steps if config.steps > 0 else None

@@ -3,7 +3,8 @@
 A result is admitted only if it answers as this run's clients answer: a known client id, its true sample count, the
 metrics the worker reports (finite), an update the uplink codec decodes to the model's shape (finite), exactly the
 tensors the strategy expects (names, shapes, dtypes, finite), and no stored state from a deployed client. A refused
-result changes nothing; an admitted one advances the uplink decoder's state of its client, and only then.
+result changes nothing; an admitted one stages the uplink decoder's new state of its client, which the server writes
+when the round commits.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class ResultAdmission(Admission):
             raise ValueError(f"unknown result kind {result.kind!r}")
         _check_state(result.state, self.accept_state)
         if decoder_state is not None:  # the last step: nothing below can refuse the result
-            self.decoder.commit(result.client_id, decoder_state)
+            self.decoder.stage(result.client_id, decoder_state)
         return dataclasses.replace(result, update=update)
 
     def forget(self, client_id: int) -> None:

@@ -99,5 +99,5 @@ def test_public_cli_options_are_frozen():
         "client": ["--client-id", "--help", "--replace", "--root-cert", "--server", "--timeout", "--token", "-h"],
         "token": ["--client-id", "--help", "--secret-file", "-h"],
         "strategies": ["--help", "-h"],
-        "plot": ["--help", "--out", "-h"],
+        "plot": ["--help", "--out", "--x", "-h"],
     }

@@ -148,7 +148,7 @@ def test_the_validation_step_refuses_the_same_results_on_the_direct_channel(tmp_
         assert_same(before, direct_snapshot(server))
 
     assert server.channel.receive(receipt).update.shape == (server.spec.num_params,)  # the honest one is admitted
-    assert 0 in server.decoder.states
+    assert 0 in server.decoder.staged  # written when its round commits
 
 
 def direct_snapshot(server: Server) -> dict:

@@ -40,7 +40,7 @@ class Admission(ABC):
     @abstractmethod
     def admit(self, result: Result) -> Result:
         """The result with its update decoded, if every field is what the server expects; ValueError otherwise.
-        Only an admitted result advances the receiver's state (EF21's estimate of the client's update)."""
+        Only an admitted result moves the receiver's state (EF21's estimate of the client's update) forward."""
 
     def forget(self, client_id: int) -> None:
         """Drop the receiver's state of a client whose session was replaced (its new process starts afresh)."""

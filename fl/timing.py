@@ -1,0 +1,71 @@
+"""Virtual time of a run: when each selected client's task ends, from its device profile and a cost model that does
+not depend on the channel, so gRPC and direct runs order events the same.
+
+A task takes latency + download bytes / bandwidth down + samples processed x seconds per sample + upload bytes /
+bandwidth up. The download is what the client would pay to hold the published version (the changes since the
+version it holds, or the whole parameters: the same ledger the channels charge); the upload is the uplink codec's
+payload for an update plus the tensors the strategy expects. Without device profiles every task is instantaneous
+and every client always available, so the clock stays at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fl.clock import Attempt, RoundSchedule, schedule_round
+from fl.seeding import DROPOUT, SELECTION, derive_rng
+from fl.training import TrainConfig, samples_processed
+from simulations.profiles import DeviceProfiles
+from strategies.base import Instruction
+from transport.downlink import Broadcast, DownloadLedger
+from transport.messages import tensor_bytes
+
+
+class TaskTiming:
+    """Places each round's tasks on the virtual clock; `now` is the end of the last round, in virtual seconds."""
+
+    def __init__(self, profiles: DeviceProfiles | None, seed: int, train_sizes: Sequence[int],
+                 train_config: TrainConfig, upload_bytes: int) -> None:
+        self.profiles, self.seed = profiles, seed
+        self.train_sizes, self.train_config, self.upload_bytes = [int(n) for n in train_sizes], train_config, upload_bytes
+        self.now = 0.0
+        self.downloads = DownloadLedger()
+        self._version, self._whole = 0, 0
+
+    def published(self, version: int, broadcast: Broadcast) -> None:
+        """A new version is out: what holding it costs each client from now on."""
+        self._version, self._whole = version, tensor_bytes({"params": broadcast.params, **broadcast.state})
+        self.downloads.published(version, None if broadcast.change is None else broadcast.change.nbytes(), self._whole)
+
+    def online(self, round: int, candidates: np.ndarray) -> np.ndarray:
+        """The candidates online at the round's start."""
+        if self.profiles is None:
+            return candidates
+        availability = self.profiles.availability
+        online = [c for c in candidates.tolist()
+                  if availability.online_at_selection(c, self.now, derive_rng(self.seed, SELECTION, round, c).random())]
+        return np.asarray(online, dtype=np.int64)
+
+    def schedule(self, round: int, instructions: Sequence[Instruction], keep: int, deadline: float) -> RoundSchedule:
+        """Start every instructed task now; keep the first `keep` arrivals within `deadline` (0: none), and move the
+        clock to the round's end."""
+        attempts = [self._attempt(round, instruction) for instruction in instructions]
+        schedule = schedule_round(self.now, attempts, keep, deadline)
+        self.now = schedule.end
+        return schedule
+
+    def _attempt(self, round: int, instruction: Instruction) -> Attempt:
+        client = instruction.client_id
+        download = self.downloads.charge(client, self._version, self._whole)
+        if self.profiles is None:
+            return Attempt(client, 0.0)
+        samples = samples_processed(self.train_sizes[client], self.train_config.with_overrides(instruction.config))
+        seconds = self.profiles.task_seconds(client, samples, download, self.upload_bytes)
+        fails, point = derive_rng(self.seed, DROPOUT, round, client).random(2)
+        if fails < self.profiles.dropout[client]:
+            return Attempt(client, seconds, fails_at=point * seconds)
+        if not self.profiles.availability.online_at_finish(client, self.now + seconds):
+            return Attempt(client, seconds, fails_at=seconds)
+        return Attempt(client, seconds)
