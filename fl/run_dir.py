@@ -59,6 +59,11 @@ class RunWriter:
         entries = [{"name": e.name, "shape": list(e.shape), "dtype": str(e.dtype), "offset": e.offset} for e in spec.entries]
         torch.save({"params": global_params.clone(), "entries": entries}, self.path / "model.pt")
 
+    def write_events(self, events: list[tuple[int, float, str, int]]) -> None:
+        """events.jsonl: the virtual clock's events, one line each: round, time (s), kind, client."""
+        lines = [json.dumps({"round": r, "time": t, "kind": kind, "client": c}) for r, t, kind, c in events]
+        (self.path / "events.jsonl").write_text("".join(line + "\n" for line in lines))
+
     def close(self) -> None:
         self._metrics.close()
 

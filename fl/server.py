@@ -105,6 +105,9 @@ class Server:
     def get_spec(self) -> ParamSpec:
         return self.spec
 
+    def get_events(self) -> list[tuple[int, float, str, int]]:
+        return self.events
+
     def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
         """Dispatch, collect and commit one round on the virtual clock; evaluate when due (or when `evaluate_now`).
         Returns the round's metrics. A round that fails writes nothing: parameters, client state and decoder state

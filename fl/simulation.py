@@ -43,6 +43,7 @@ class SimulationResult:
     run_dir: Path | None
     startup_seconds: float  # data, model, Ray and actors: everything before round 1
     round_seconds: list[float]  # each round as the caller saw it, actor round trips included
+    events: list[tuple[int, float, str, int]]  # the virtual clock's (round, time, kind, client id), in order
 
     def load_into(self, module: nn.Module) -> nn.Module:
         """Copy the final global parameters into a fresh model of the same architecture."""
@@ -158,11 +159,14 @@ def run_simulation(
                     progress.update(metrics)
                     if writer:
                         writer.write_round(metrics)
-            global_params, spec = call("get_global"), call("get_spec")
+            global_params, spec, events = call("get_global"), call("get_spec"), call("get_events")
         if writer:
             writer.write_model(spec, global_params)
+            if config.devices.spec():
+                writer.write_events(events)
     finally:
         if writer:
             writer.close()
     console.print(summary_table(history, writer.path if writer else None, time.perf_counter() - start))
-    return SimulationResult(global_params, spec, history, writer.path if writer else None, startup, round_seconds)
+    return SimulationResult(global_params, spec, history, writer.path if writer else None, startup, round_seconds,
+                            events)

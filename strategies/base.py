@@ -99,7 +99,12 @@ class SyncStrategy(ABC):
 
     @abstractmethod
     def aggregate(self, round: int, global_params: Tensor, replies: Iterable[Reply]) -> tuple[Tensor, dict[str, float]]:
-        """Consume replies one at a time and return the new global parameters and server-side metrics."""
+        """Consume replies one at a time and return the new global parameters and server-side metrics.
+
+        The contract with the runtime: `global_params` is the strategy's own copy, and the runtime keeps a copy of
+        what this returns, so changing a tensor in place (the input, or one returned before) changes nothing that
+        clients hold. Every call that returns publishes a new global version; whether the parameters changed is
+        never judged by object identity. A round in which no client arrived does not call `aggregate`."""
 
 
 class WeightedMean:
