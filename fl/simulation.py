@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from torch import Tensor, nn
 
-from fl.config import RunConfig, TransportConfig, to_dict
+from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -116,10 +116,12 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
     """The server of a deployment: waits for `sampling.per_round` clients to join before round 1. Joining clients
     receive the configuration without the server's own files (certificate, key, secret)."""
     private = {"tls_cert": "", "tls_key": "", "tls_root_cert": "", "auth_secret_file": ""}
-    shared = dataclasses.replace(config, transport=dataclasses.replace(config.transport, **private))
+    shared = dataclasses.replace(config, transport=dataclasses.replace(config.transport, **private),
+                                 devices=DevicesConfig())  # its files stay here, and real clients need none
     make_channel = functools.partial(GrpcChannel, grpc_settings(config.transport), deployed=True,
                                      welcome=to_toml(to_dict(shared)))
-    setup = dataclasses.replace(setup, clients_keep_state=True)
+    # Real clients keep their own state and take real time: the virtual clock's profiles do not apply.
+    setup = dataclasses.replace(setup, clients_keep_state=True, devices=None, deadline=0.0, over_select=1.0)
     server = Server(setup, make_channel, lambda ws, endpoint: RemotePool())
     with _calling(server) as call:
         print(f"fl server: listening on {server.channel.address}; waiting for {config.sampling.per_round} clients",
