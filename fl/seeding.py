@@ -7,8 +7,9 @@ import numpy as np
 # Purposes keep the streams of one (round, client) pair apart.
 INIT, SAMPLING, AVAILABILITY, TRAINING, EVALUATION, CODEC = range(6)
 
-# Streams that are not keyed by a round start with a namespace above any round number, so that no new stream can
-# repeat an old stream's keys with another meaning: derive_seed(seed, NAMESPACE, ...).
+# Streams that are not keyed by a round start with a namespace: derive_seed(seed, NAMESPACE, ...). SeedSequence reads
+# the keys as 32-bit words (and drops trailing zero words); a namespace 2**62 + k reads as the words (k, 2**30), and an
+# old stream (seed, round, client, purpose) would need a client id or purpose of 2**30 to repeat them: none does.
 DEVICES = 1 << 62  # the device profiles drawn at the start: derive_seed(seed, DEVICES)
 SELECTION = DEVICES + 1  # a client's availability when selected: derive_seed(seed, SELECTION, round, client)
 DROPOUT = DEVICES + 2  # whether and when a client's task fails: derive_seed(seed, DROPOUT, round, client)

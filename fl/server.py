@@ -119,8 +119,9 @@ class Server:
             new_global, server_metrics = self._collect(round, tasks, receipts, tally, staged)
         except BaseException:
             self.decoder.discard()
+            self.channel.traffic.take()  # the failed round's bytes are not the next round's
             raise
-        self._commit(new_global, staged)
+        self._commit(round, schedule, new_global, staged)
         metrics = self._round_metrics(round, schedule, unavailable, tally, server_metrics)
         every = self.setup.eval_every
         if evaluate_now or (every > 0 and round % every == 0):
@@ -142,7 +143,6 @@ class Server:
         version = self._publish()
         keep = self.setup.per_round if self.setup.over_select > 1 else len(instructions)
         schedule = self.timing.schedule(round, instructions, keep, self.setup.deadline)
-        self.events += [(round, *event) for event in schedule.events]
         chosen = {instruction.client_id: instruction for instruction in instructions}
         tasks = [Task(TRAIN, version, c, derive_seed(seed, round, c, TRAINING), chosen[c].config, chosen[c].tensors,
                       self.store.get(c)) for c in schedule.kept]
@@ -163,9 +163,12 @@ class Server:
             raise FloatingPointError(f"round {round}: the global model holds NaN or Inf (try a smaller learning rate)")
         return new_global, server_metrics
 
-    def _commit(self, new_global: Tensor | None, staged: dict[int, dict[str, Tensor]]) -> None:
-        """Write what the round changed: client state, the uplink decoder's state, the global parameters (a copy,
-        so that no tensor a strategy keeps can change them later)."""
+    def _commit(self, round: int, schedule: RoundSchedule, new_global: Tensor | None,
+                staged: dict[int, dict[str, Tensor]]) -> None:
+        """Write what the round changed: the clock and its events, client state, the uplink decoder's state, the
+        global parameters (a copy, so that no tensor a strategy keeps can change them later)."""
+        self.timing.advance(schedule)
+        self.events += [(round, *event) for event in schedule.events]
         for client_id, state in staged.items():
             self.store.put(client_id, state)
         self.decoder.commit()

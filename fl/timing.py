@@ -3,7 +3,8 @@ not depend on the channel, so gRPC and direct runs order events the same.
 
 A task takes latency + download bytes / bandwidth down + samples processed x seconds per sample + upload bytes /
 bandwidth up. The download is what the client would pay to hold the published version (the changes since the
-version it holds, or the whole parameters: the same ledger the channels charge); the upload is the uplink codec's
+version it holds, or the whole parameters: the ledger the channels keep, charged as they charge it, to the clients a
+round keeps); the upload is the uplink codec's
 payload for an update plus the tensors the strategy expects. Without device profiles every task is instantaneous
 and every client always available, so the clock stays at 0.
 """
@@ -49,16 +50,19 @@ class TaskTiming:
         return np.asarray(online, dtype=np.int64)
 
     def schedule(self, round: int, instructions: Sequence[Instruction], keep: int, deadline: float) -> RoundSchedule:
-        """Start every instructed task now; keep the first `keep` arrivals within `deadline` (0: none), and move the
-        clock to the round's end."""
-        attempts = [self._attempt(round, instruction) for instruction in instructions]
-        schedule = schedule_round(self.now, attempts, keep, deadline)
+        """Start every instructed task now and keep the first `keep` arrivals within `deadline` (0: none); nothing
+        changes until `advance`."""
+        return schedule_round(self.now, [self._attempt(round, i) for i in instructions], keep, deadline)
+
+    def advance(self, schedule: RoundSchedule) -> None:
+        """The round committed: its kept clients hold the version they trained on, and the clock moves to its end."""
+        for client in schedule.kept:
+            self.downloads.charge(client, self._version, self._whole)
         self.now = schedule.end
-        return schedule
 
     def _attempt(self, round: int, instruction: Instruction) -> Attempt:
         client = instruction.client_id
-        download = self.downloads.charge(client, self._version, self._whole)
+        download = self.downloads.cost(client, self._version, self._whole)
         if self.profiles is None:
             return Attempt(client, 0.0)
         samples = samples_processed(self.train_sizes[client], self.train_config.with_overrides(instruction.config))

@@ -1,8 +1,8 @@
 """The contract of a synchronous strategy and of the client-side hook that changes a local step.
 
 A strategy never sees transport, Ray or threads: the runtime in `fl/` calls `configure` to learn who trains with which
-settings, runs those clients, and streams their replies into `aggregate` one at a time, in the order of the
-instructions. Parameters are flat 1-D tensors: trainable entries first (`Federation.num_trainable` of them), then
+settings, runs those clients, and streams their replies into `aggregate` one at a time, in the order they arrive on
+the virtual clock (equal times by client id: the order of the instructions when every client is instantaneous). Parameters are flat 1-D tensors: trainable entries first (`Federation.num_trainable` of them), then
 buffers such as BatchNorm statistics.
 """
 

@@ -42,7 +42,7 @@ class ServerOptimizer:
     """A torch optimizer over one float64 Parameter that holds the trainable part of the global vector.
 
     The Parameter is reset to the incoming global vector every round, so the optimizer state (momentum, second moments)
-    follows the global model even if the runtime changed it between rounds (e.g. a checkpoint restore).
+    follows the global model even if the runtime changed it between rounds (the runtime hands each call its own copy).
     """
 
     def __init__(self, num_trainable: int, make_optimizer: OptimizerFactory) -> None:

@@ -1,1 +1,2 @@
-"""How bytes move between server and clients: messages, channels (in-process now, gRPC next), byte accounting."""
+"""How bytes move between server and clients: messages, channels (in-process, Ray objects, gRPC), the
+server boundary's admission, codecs, byte accounting."""

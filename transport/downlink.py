@@ -59,14 +59,19 @@ class DownloadLedger:
             self.change_sizes[version] = change_bytes
             keep_cheaper_than(self.change_sizes, whole)
 
-    def charge(self, client_id: int, version: int, whole: int) -> int:
-        """Bytes `client_id` pays to hold `version` (nothing when it holds it already)."""
+    def cost(self, client_id: int, version: int, whole: int) -> int:
+        """Bytes `client_id` would pay to hold `version` (nothing when it holds it already); changes nothing."""
         held = self.held.get(client_id, 0)
-        self.held[client_id] = version
         if held == version:
             return 0
         chain = catch_up(held, version, self.change_sizes, whole)
         return whole if chain is None else sum(self.change_sizes[v] for v in chain)
+
+    def charge(self, client_id: int, version: int, whole: int) -> int:
+        """Bytes `client_id` pays to hold `version`; from now on it holds it."""
+        cost = self.cost(client_id, version, whole)
+        self.held[client_id] = version
+        return cost
 
 
 class Replica:
