@@ -1,5 +1,5 @@
-"""The round as dispatch / collect / commit: a round that fails writes nothing, and `fl plot` draws against rounds,
-virtual time or bytes."""
+"""The round as dispatch / collect / commit: a round that fails writes nothing (parameters, client and decoder state,
+the clock, its events and ledger, traffic), and `fl plot` draws against rounds, virtual time or bytes."""
 
 from __future__ import annotations
 
@@ -49,11 +49,14 @@ def test_a_round_that_fails_leaves_parameters_client_state_and_decoder_state_as_
     server.run_round(1)
     before = (server.global_params.clone(), {c: dict(s) for c, s in server.store._states.items()},
               {c: dict(s) for c, s in server.decoder.states.items()})
+    clock = (server.timing.now, list(server.events), dict(server.timing.downloads.held))
 
     with pytest.raises(RuntimeError, match="the strategy failed"):
         server.run_round(2)
 
     assert torch.equal(server.global_params, before[0]) and server.decoder.staged == {}
+    assert (server.timing.now, server.events, server.timing.downloads.held) == clock
+    assert server.channel.traffic.take() == ({}, {})
     for now, then in ((server.store._states, before[1]), (server.decoder.states, before[2])):
         assert now.keys() == then.keys() == set(range(12))
         assert all(torch.equal(now[c][k], then[c][k]) for c in then for k in then[c])
