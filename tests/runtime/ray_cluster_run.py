@@ -1,4 +1,4 @@
-"""Run by tests/test_ray_cluster.py in its own process: a two-node local Ray cluster, and a simulation across it."""
+"""Run by tests/runtime/test_ray_cluster.py in its own process: a two-node local Ray cluster, and a simulation across it."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import torch
 
 from strategies.base import Federation, Reply
 from strategies.registry import strategy_config
-from tests.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
+from tests.strategies.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
 
 
 def test_beta_one_is_fedavg_bit_for_bit() -> None:

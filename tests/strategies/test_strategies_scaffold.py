@@ -5,7 +5,7 @@ import torch
 
 from strategies.base import Federation, Reply
 from strategies.registry import strategy_config
-from tests.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
+from tests.strategies.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
 
 
 def test_scaffold_reaches_the_optimum_fedavg_does_not() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-DEPLOY = Path(__file__).resolve().parent.parent / "examples" / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "examples" / "deploy"
 
 
 @pytest.mark.parametrize("script", ["run_local.sh", "run_tls.sh"])

@@ -12,7 +12,7 @@ import torch
 
 from transport.codecs import CODECS, WRAPPERS, Compose, EControl, QSGDCodec, TopKCodec, make_codec
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 CODEC_SOURCES = sorted((TESTS.parent / "transport" / "codecs").glob("*.py"))
 FORBIDDEN_IMPORTS = {"fl", "ray", "strategies", "simulations"}
 
@@ -63,7 +63,7 @@ def test_bad_specs_raise_value_errors_naming_what_is_allowed(spec: str, message:
 
 def test_every_registered_codec_is_guarded_by_a_test() -> None:
     # Prepare: the text of the other codec test files
-    texts = [p.read_text() for p in TESTS.glob("test_codecs*.py") if p.name != Path(__file__).name]
+    texts = [p.read_text() for p in TESTS.rglob("test_codecs*.py") if p.name != Path(__file__).name]
     # Execute: names that never appear in a spec string there ("name", "name:..", "name(..", "+name", ...)
     untested = [name for name in [*CODECS, *WRAPPERS]
                 if not any(re.search(rf"[\"'+(]{name}[\"':(+)]", text) for text in texts)]

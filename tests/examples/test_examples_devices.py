@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.test_examples import load_example
+from tests.examples.test_examples import load_example
 
 
 @pytest.fixture(scope="module")

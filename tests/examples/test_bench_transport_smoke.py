@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_transport.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_transport.py"
 TINY = ("data.num_clients=8", "sampling.per_round=2", "model.hidden=[8]")
 
 

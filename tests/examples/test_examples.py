@@ -14,7 +14,7 @@ import torch
 from strategies.base import Federation, Reply
 from strategies.registry import STRATEGIES
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load_example(name: str) -> ModuleType:

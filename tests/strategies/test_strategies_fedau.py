@@ -6,7 +6,7 @@ import torch
 from strategies.base import Federation, Reply
 from strategies.fedau import ParticipationIntervals
 from strategies.registry import strategy_config
-from tests.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
+from tests.strategies.strategy_driver import federation_for, heterogeneous_quadratic, run_rounds
 
 
 def observe_pattern(intervals: ParticipationIntervals, pattern: list[list[int]]) -> list[np.ndarray]:
