@@ -90,7 +90,7 @@ class Server:
         self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder,
                                                 self.strategy.reply_tensors, accept_state=not setup.clients_keep_state))
         self.downlink = Downlink(make_codec(setup.downlink))
-        reply_bytes = sum(math.prod(t.shape) * t.dtype.itemsize for t in self.strategy.reply_tensors.values())
+        reply_bytes = sum(spec.nbytes for spec in self.strategy.reply_tensors.values())
         upload_bytes = self.decoder.codec.payload_nbytes(self.spec.num_params, update_dtype) + reply_bytes
         self.timing = TaskTiming(setup.devices, setup.seed, data.train_sizes(), setup.train_config, upload_bytes)
         self.sizes = data.train_sizes()
@@ -110,8 +110,8 @@ class Server:
 
     def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
         """Dispatch, collect and commit one round on the virtual clock; evaluate when due (or when `evaluate_now`).
-        Returns the round's metrics. A round that fails writes nothing: parameters, client state and decoder state
-        stay as they were."""
+        Returns the round's metrics. A round that fails writes nothing: parameters, client state, decoder state and
+        the clock stay as they were."""
         start = time.perf_counter()
         schedule, unavailable, tasks, receipts = self._dispatch(round)
         tally, staged = _Tally(), {}

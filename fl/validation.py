@@ -47,7 +47,7 @@ class ResultAdmission(Admission):
         self.decoder, self.reply_tensors, self.accept_state = decoder, dict(reply_tensors), accept_state
 
     def upload_limit(self) -> int:
-        tensors = sum(math.prod(spec.shape) * spec.dtype.itemsize for spec in self.reply_tensors.values())
+        tensors = sum(spec.nbytes for spec in self.reply_tensors.values())
         state = STATE_BYTES_PER_PARAM * self.decoder.num_params if self.accept_state else 0
         return self.decoder.max_payload_bytes() + tensors + state
 
