@@ -261,6 +261,9 @@ def validate(config: RunConfig) -> None:
     _one_of("sampling.availability", sampling.availability, AVAILABILITY)
     _require(sampling.deadline >= 0, f"sampling.deadline must be >= 0 virtual seconds, got {sampling.deadline}")
     _require(sampling.over_select >= 1, f"sampling.over_select must be >= 1, got {sampling.over_select}")
+    _require(sampling.over_select == 1 or config.devices.spec(),
+             "sampling.over_select needs a [devices] table: without one every client arrives at once, and keeping "
+             "the first per_round would always keep the lowest client ids")
     try:
         sample_profiles(config.devices.spec(), data.num_clients, config.seed)
     except (ValueError, OSError) as error:

@@ -206,6 +206,7 @@ class Server:
         picked = np.sort(rng.choice(num_clients, size=min(self.setup.federated_eval_clients, num_clients), replace=False))
         version = self._publish()
         envelopes = [self.channel.post(Task(EVALUATE, version, int(c), 0)) for c in picked]
+        self.timing.downloaded(picked.tolist())
         loss_sum = correct = count = 0.0
         for receipt in self.pool.run(envelopes, [1.0] * len(envelopes)):
             result = self.channel.receive(receipt)

@@ -11,6 +11,7 @@ and every client always available, so the clock stays at 0.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ class TaskTiming:
         self.profiles, self.seed = profiles, seed
         self.train_sizes, self.train_config, self.upload_bytes = [int(n) for n in train_sizes], train_config, upload_bytes
         self.now = 0.0
+        self._idle_until = 0.0  # where a round without tasks ends
         self.downloads = DownloadLedger()
         self._version, self._whole = 0, 0
 
@@ -41,24 +43,35 @@ class TaskTiming:
         self.downloads.published(version, None if broadcast.change is None else broadcast.change.nbytes(), self._whole)
 
     def online(self, round: int, candidates: np.ndarray) -> np.ndarray:
-        """The candidates online at the round's start."""
+        """The candidates online at the round's start. When none is, a round without tasks lasts until the first of
+        them may come online, so the clock never stands still."""
+        self._idle_until = self.now
         if self.profiles is None:
             return candidates
         availability = self.profiles.availability
         online = [c for c in candidates.tolist()
                   if availability.online_at_selection(c, self.now, derive_rng(self.seed, SELECTION, round, c).random())]
+        if not online and len(candidates):
+            self._idle_until = min(availability.next_online(c, self.now) for c in candidates.tolist())
         return np.asarray(online, dtype=np.int64)
 
     def schedule(self, round: int, instructions: Sequence[Instruction], keep: int, deadline: float) -> RoundSchedule:
         """Start every instructed task now and keep the first `keep` arrivals within `deadline` (0: none); nothing
         changes until `advance`."""
-        return schedule_round(self.now, [self._attempt(round, i) for i in instructions], keep, deadline)
+        schedule = schedule_round(self.now, [self._attempt(round, i) for i in instructions], keep, deadline)
+        if not instructions and math.isfinite(self._idle_until):
+            schedule.end = self._idle_until
+        return schedule
 
     def advance(self, schedule: RoundSchedule) -> None:
         """The round committed: its kept clients hold the version they trained on, and the clock moves to its end."""
-        for client in schedule.kept:
-            self.downloads.charge(client, self._version, self._whole)
+        self.downloaded(schedule.kept)
         self.now = schedule.end
+
+    def downloaded(self, clients: Sequence[int]) -> None:
+        """These clients now hold the published version (they trained or evaluated on it), as the channels record."""
+        for client in clients:
+            self.downloads.charge(client, self._version, self._whole)
 
     def _attempt(self, round: int, instruction: Instruction) -> Attempt:
         client = instruction.client_id

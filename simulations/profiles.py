@@ -198,6 +198,10 @@ class Availability(ABC):
     def online_at_finish(self, client_id: int, time: float) -> bool:
         """Online when finishing a task at `time`."""
 
+    def next_online(self, client_id: int, time: float) -> float:
+        """The earliest time >= `time` at which the client may be online (inf: never)."""
+        return time
+
 
 @dataclass(frozen=True)
 class Always(Availability):
@@ -241,6 +245,14 @@ class Trace(Availability):
     def online_at_finish(self, client_id: int, time: float) -> bool:
         trace, t = client_id % len(self.starts), time % self.period
         return bool(np.any((self.starts[trace] <= t) & (t < self.ends[trace])))
+
+    def next_online(self, client_id: int, time: float) -> float:
+        trace, t = client_id % len(self.starts), time % self.period
+        starts = self.starts[trace]
+        if self.online_at_finish(client_id, time) or starts.size == 0:
+            return time if starts.size else math.inf
+        later = starts[starts > t]
+        return time + (float(later.min()) - t if later.size else self.period - t + float(starts.min()))
 
 
 def _read_csv(path: str, required: Sequence[str], optional: Sequence[str]) -> list[dict[str, str]]:

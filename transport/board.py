@@ -263,7 +263,9 @@ class TaskBoard:
             session.last_seen = time.monotonic()
 
     def _next_task(self, client_id: int, task_id: int, session: str = "") -> tuple[int, Task] | int | None:
-        """The task asked for (task_id > 0) or the client's next one, DONE at the end, else None (nothing yet)."""
+        """The task asked for (task_id > 0) or the client's next one, DONE at the end, else None (nothing yet).
+        A deployed client's session is checked again here: a poll may outlive it."""
+        self._check_session(client_id, session)
         with self._lock:
             if self._closed:
                 self._told_done.add(client_id)
@@ -340,16 +342,33 @@ class TaskBoard:
         return entry
 
     def _claim(self, task_ids: Iterable[int]) -> list[tuple[int, Task]]:
-        """Open tasks of any clients, for a worker that runs them all; NOT_FOUND or FAILED_PRECONDITION otherwise."""
+        """Open tasks of any clients, for a worker that runs them all; NOT_FOUND or FAILED_PRECONDITION otherwise
+        (every id is checked before any is claimed)."""
         self._refuse_worker_if_deployed()
+        task_ids = list(task_ids)
+        if len(set(task_ids)) != len(task_ids):
+            raise Refused(Code.INVALID_ARGUMENT, "a batch names a task more than once")
         with self._lock:
             claimed = []
             for task_id in task_ids:
                 entry = self._entries.get(task_id)
-                entry = self._open_entry(task_id, entry.task.client_id if entry else WORKER)
-                self._unqueue(task_id, entry.task.client_id)
-                claimed.append((task_id, entry.task))
+                claimed.append((task_id, self._open_entry(task_id, entry.task.client_id if entry else WORKER).task))
+            for task_id, task in claimed:
+                self._unqueue(task_id, task.client_id)
             return claimed
+
+    def _unpull(self, task_ids: Iterable[int]) -> None:
+        """Tasks whose sending failed midway: back at the front of their clients' queues, unless answered since."""
+        with self._lock:
+            for task_id in reversed(list(task_ids)):
+                entry = self._entries.get(task_id)
+                if entry is None or entry.result is not None or entry.receiving:
+                    continue
+                entry.session = ""
+                queue = self._queues.setdefault(entry.task.client_id, deque())
+                if task_id not in queue:
+                    queue.appendleft(task_id)
+                self._changed(entry.task.client_id)
 
     def _refuse_worker_if_deployed(self) -> None:
         if self.deployed:

@@ -8,6 +8,7 @@ arrives through the same `Admission`, the server's one validation step.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import Any
@@ -47,23 +48,27 @@ class Admission(ABC):
 
 
 class Traffic:
-    """Bytes moved per client and direction since the last `take`."""
+    """Bytes moved per client and direction since the last `take`; thread-safe (a gRPC server counts as it sends)."""
 
     def __init__(self) -> None:
         self.down: dict[int, int] = defaultdict(int)
         self.up: dict[int, int] = defaultdict(int)
+        self._lock = threading.Lock()
 
     def add_down(self, client_id: int, num_bytes: int) -> None:
-        self.down[client_id] += num_bytes
+        with self._lock:
+            self.down[client_id] += num_bytes
 
     def add_up(self, client_id: int, num_bytes: int) -> None:
-        self.up[client_id] += num_bytes
+        with self._lock:
+            self.up[client_id] += num_bytes
 
     def take(self) -> tuple[dict[int, int], dict[int, int]]:
         """(down, up) per client, and start counting afresh."""
-        down, up = dict(self.down), dict(self.up)
-        self.down.clear()
-        self.up.clear()
+        with self._lock:
+            down, up = dict(self.down), dict(self.up)
+            self.down.clear()
+            self.up.clear()
         return down, up
 
 

@@ -89,8 +89,9 @@ class PartsReader:
                 raise ValueError(f"tensor part {part.name!r} has neither inline bytes nor a byte count")
         self.sizes = [part.num_bytes for part in self.parts if part.WhichOneof("body") == "num_bytes"]
         self.remaining = sum(self.sizes)
-        if max_bytes is not None and self.remaining > max_bytes:
-            raise ValueError(f"the header announces {self.remaining} bytes, more than the limit of {max_bytes}")
+        announced = self.remaining + sum(len(part.data) for part in self.parts if part.WhichOneof("body") == "data")
+        if max_bytes is not None and announced > max_bytes:
+            raise ValueError(f"the header announces {announced} bytes, more than the limit of {max_bytes}")
         self.streamed = [bytearray() for _ in self.sizes]
         self.index = 0
 

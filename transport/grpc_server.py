@@ -16,7 +16,7 @@ import math
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -108,7 +108,7 @@ class FederationServicer:
                 if request.client_id != WORKER:
                     raise Refused(Code.INVALID_ARGUMENT, f"a batch of tasks is pulled as the worker (client id {WORKER})")
                 claimed = self.board._claim(request.task_ids)
-                await self._write(context, await asyncio.to_thread(self._tasks_sent, claimed))
+                await self._send_tasks(context, claimed)
                 return
             session = _session(context)
             self.board._check_session(request.client_id, session)
@@ -119,7 +119,15 @@ class FederationServicer:
                 signal = fl_pb2.WAIT if outcome is None else outcome
                 await self._write(context, [fl_pb2.Frame(signal=signal).SerializeToString()])
                 return
-            await self._write(context, await asyncio.to_thread(self._tasks_sent, [outcome]))
+            await self._send_tasks(context, [outcome])
+
+    async def _send_tasks(self, context: grpc.aio.ServicerContext, claimed: list[tuple[int, Task]]) -> None:
+        """Send claimed tasks; if sending fails midway (a cancelled call, a reader too slow), they are queued again."""
+        try:
+            await self._write(context, await asyncio.to_thread(self._tasks_sent, claimed))
+        except BaseException:
+            self.board._unpull(task_id for task_id, _ in claimed)
+            raise
 
     def _tasks_sent(self, claimed: list[tuple[int, Task]]) -> list[bytes]:
         """Serialized tasks back to back, each counted for its own client (less the simulation state it carries)."""
@@ -149,9 +157,12 @@ class FederationServicer:
         sizes: list[int] = []
         frames = self._frames(request_iterator, sizes)
         stored: list[int] = []
-        frame = await anext(frames, None)
-        caller = proven if proven is not None else frame.result.client_id if frame is not None else WORKER
-        with self._slot(caller):
+        with ExitStack() as slot:
+            if proven is not None:  # a proven caller holds its slot from the start; an open server's, from the header
+                slot.enter_context(self._slot(proven))
+            frame = await anext(frames, None)
+            if proven is None:
+                slot.enter_context(self._slot(frame.result.client_id if frame is not None else WORKER))
             while True:
                 if frame is None or frame.WhichOneof("body") != "result":
                     _invalid_argument(framing.read_header, iter([] if frame is None else [frame]), ("result",))

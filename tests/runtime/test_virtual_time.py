@@ -141,3 +141,33 @@ def test_a_strategy_that_changes_its_input_in_place_gives_fedavg_on_both_channel
     fedavg = final("fedavg", "direct")
     assert torch.equal(final(in_place_strategy, "direct"), fedavg)
     assert torch.equal(final(in_place_strategy, "grpc"), fedavg)
+
+
+def test_a_round_with_nobody_online_lasts_until_someone_may_come_online(tmp_path) -> None:
+    """Everyone is online in [50, 100) of each 100 s: round 1 at 0 s has no one and ends at 50 s; round 2 trains."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("trace,start,end\n0,50,100\n")
+    result = run_simulation(five_clients(tmp_path, "sampling.per_round=5",
+                                         f'devices.availability="trace:file={trace},period=100"'), show_progress=False)
+
+    first, second = result.history
+    assert (first["clients"], first["unavailable"], first["virtual_time"]) == (0, 5, 50.0)
+    assert (second["clients"], second["virtual_time"]) == (5, 55.0)
+
+
+def test_clients_that_evaluated_a_version_download_nothing_to_train_on_it(tmp_path) -> None:
+    """The clock charges downloads as the channels do: evaluation also brings a client up to date."""
+    config = five_clients(tmp_path, "sampling.per_round=5", "eval.federated_every=1", "eval.federated_clients=5",
+                          'devices.bandwidth_down="constant:value=1000"', 'devices.table=""',
+                          'devices.latency="constant:value=1"', 'transport.channel="direct"')
+    second = run_simulation(config, show_progress=False).history[1]
+
+    assert all(down == 0 for down, _ in second["bytes_by_client"].values())
+    assert second["round_seconds_virtual"] == 1.0
+
+
+def test_over_selection_needs_device_profiles(tmp_path) -> None:
+    from fl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="over_select needs a \\[devices\\] table"):
+        small_config(tmp_path, "sampling.over_select=1.5")
