@@ -6,6 +6,8 @@ the receiver's state (EF21's estimates) stays on the server, keyed by client, an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -63,10 +65,11 @@ class UplinkDecoder:
     def stage(self, client_id: int, state: State) -> None:
         self.staged[client_id] = state
 
-    def commit(self) -> None:
-        """Write the staged states: the round that admitted them succeeded."""
+    def commit(self, client_ids: Iterable[int]) -> None:
+        """Write the staged states of the results a successful round collected; drop any other (a result admitted
+        after its round failed, or after its call was cancelled)."""
         staged, self.staged = self.staged, {}
-        self.states.update(staged)
+        self.states.update({c: staged[c] for c in client_ids if c in staged})
 
     def discard(self) -> None:
         self.staged = {}

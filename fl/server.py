@@ -171,7 +171,7 @@ class Server:
         self.events += [(round, *event) for event in schedule.events]
         for client_id, state in staged.items():
             self.store.put(client_id, state)
-        self.decoder.commit()
+        self.decoder.commit(schedule.kept)
         if new_global is not None:
             self.global_params, self._unpublished = new_global.detach().clone(), True
 

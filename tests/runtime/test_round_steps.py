@@ -80,3 +80,15 @@ def test_fl_plot_draws_against_virtual_time_or_bytes(tmp_path, x: str) -> None:
 
     assert main(["plot", str(run), "--x", x, "--out", str(tmp_path / f"{x}.png")]) == 0
     assert (tmp_path / f"{x}.png").stat().st_size > 10_000
+
+
+def test_the_decoder_commits_only_the_states_of_results_its_round_collected() -> None:
+    from fl.compression import UplinkDecoder
+    from transport.codecs.registry import make_codec
+
+    decoder = UplinkDecoder(make_codec("ef21(topk:ratio=0.5)"), 4, (torch.float32,))
+    decoder.stage(1, {"h": torch.ones(4)})
+    decoder.stage(2, {"h": torch.zeros(4)})  # admitted after its round had failed
+    decoder.commit([1])
+
+    assert list(decoder.states) == [1] and decoder.staged == {}
