@@ -112,9 +112,9 @@ def _calling(server: Server) -> Iterator[Callable[..., Any]]:
         server.close()
 
 
-def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable[..., Any]]:
-    """The server of a deployment: waits for `sampling.per_round` clients to join before round 1. Joining clients
-    receive the configuration without the server's own files (certificate, key, secret)."""
+def deployed_server(config: RunConfig, setup: ServerSetup) -> Server:
+    """The server of a deployment (`fl server`), listening on `transport.listen`. Joining clients receive the
+    configuration without the server's own files (certificate, key, secret, device tables)."""
     private = {"tls_cert": "", "tls_key": "", "tls_root_cert": "", "auth_secret_file": ""}
     shared = dataclasses.replace(config, transport=dataclasses.replace(config.transport, **private),
                                  devices=DevicesConfig())  # its files stay here, and real clients need none
@@ -122,7 +122,12 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
                                      welcome=to_toml(to_dict(shared)))
     # Real clients keep their own state and take real time: the virtual clock's profiles do not apply.
     setup = dataclasses.replace(setup, clients_keep_state=True, devices=None, deadline=0.0, over_select=1.0)
-    server = Server(setup, make_channel, lambda ws, endpoint: RemotePool())
+    return Server(setup, make_channel, lambda worker_setup, endpoint: RemotePool())
+
+
+def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable[..., Any]]:
+    """`deployed_server`, waiting for `sampling.per_round` clients to join before round 1."""
+    server = deployed_server(config, setup)
     with _calling(server) as call:
         print(f"fl server: listening on {server.channel.address}; waiting for {config.sampling.per_round} clients",
               file=sys.stderr, flush=True)

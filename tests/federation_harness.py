@@ -3,21 +3,18 @@ everything a client's call could change, for the tests that attack the server bo
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 
-from fl.config import RunConfig, to_dict
-from fl.deploy import ClientEndpoint, RemotePool, client_worker
-from fl.grpc_channel import GrpcChannel
-from fl.run_dir import to_toml
+from fl.config import RunConfig
+from fl.deploy import ClientEndpoint, client_worker
 from fl.scenario import build_data, build_model_fn
 from fl.server import Server
-from fl.simulation import grpc_settings, server_setup
+from fl import simulation
+from fl.simulation import server_setup
 from tests.conftest import small_config
 from transport.grpc_client import Assignment, FederationClient
 from transport.messages import Result
@@ -36,10 +33,7 @@ def deploy_config(tmp_path, *overrides: str) -> RunConfig:
 def deployed_server(config: RunConfig) -> Server:
     """The server `fl server` runs, listening on 127.0.0.1 at a port the OS picks, without Ray."""
     data = build_data(config.data, config.seed)
-    setup = dataclasses.replace(server_setup(config, data, build_model_fn(config.model, data)), clients_keep_state=True)
-    make_channel = functools.partial(GrpcChannel, grpc_settings(config.transport), deployed=True,
-                                     welcome=to_toml(to_dict(config)))
-    return Server(setup, make_channel, lambda worker_setup, endpoint: RemotePool())
+    return simulation.deployed_server(config, server_setup(config, data, build_model_fn(config.model, data)))
 
 
 class ManualClient:
