@@ -17,5 +17,5 @@ echo "server on $address"
 for id in 0 1 2; do fl client --server "$address" --client-id "$id" & done
 wait $server
 wait
-tail -n 12 "$work/server.log"
+sed -n '/Run summary/,$p' "$work/server.log"
 echo "run directory: $work/runs/deploy"

@@ -29,5 +29,5 @@ for id in 0 1 2; do
 done
 wait $server
 wait
-tail -n 12 "$work/server.log"
+sed -n '/Run summary/,$p' "$work/server.log"
 echo "run directory: $work/runs/deploy"
