@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-# Event kinds, in the order they are handled at equal times.
-ARRIVE, DROP = "arrive", "drop"
-PRIORITY = {ARRIVE: 0, DROP: 1}
+# Event kinds, in the order they are handled at equal times: arrivals and failures, then a strategy's timer, then
+# delayed starts and wake-ups (an asynchronous run), so a client that arrives at a timer's time is in its aggregate.
+ARRIVE, DROP, TIMER, START, WAKE = "arrive", "drop", "timer", "start", "wake"
+PRIORITY = {ARRIVE: 0, DROP: 1, TIMER: 2, START: 3, WAKE: 4}
 
 
 @dataclass(frozen=True, order=True)
@@ -45,6 +46,10 @@ class EventQueue:
         event = heapq.heappop(self._heap)
         self.now = event.time
         return event
+
+    def peek_time(self) -> float:
+        """The time of the next event (inf when there is none)."""
+        return self._heap[0].time if self._heap else math.inf
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -13,6 +13,10 @@ INIT, SAMPLING, AVAILABILITY, TRAINING, EVALUATION, CODEC = range(6)
 DEVICES = 1 << 62  # the device profiles drawn at the start: derive_seed(seed, DEVICES)
 SELECTION = DEVICES + 1  # a client's availability when selected: derive_seed(seed, SELECTION, round, client)
 DROPOUT = DEVICES + 2  # whether and when a client's task fails: derive_seed(seed, DROPOUT, round, client)
+# An asynchronous run keys a client's n-th task (n = 1, 2, ...) as the synchronous streams key its task in round n
+# (training, dropout), and each time it fills free slots (the k-th time, k = 1, 2, ...) it draws
+ASYNC_ONLINE = DEVICES + 3  # who of the idle clients is online: derive_seed(seed, ASYNC_ONLINE, k)
+ASYNC_SELECT = DEVICES + 4  # the strategy's choice among them: derive_seed(seed, ASYNC_SELECT, k)
 
 
 def derive_seed(*keys: int) -> int:

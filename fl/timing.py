@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from fl.clock import Attempt, RoundSchedule, schedule_round
-from fl.seeding import DROPOUT, SELECTION, derive_rng
+from fl.seeding import ASYNC_ONLINE, DROPOUT, SELECTION, derive_rng
 from fl.training import TrainConfig, samples_processed
 from simulations.profiles import DeviceProfiles
 from strategies.base import Instruction
@@ -58,7 +58,7 @@ class TaskTiming:
     def schedule(self, round: int, instructions: Sequence[Instruction], keep: int, deadline: float) -> RoundSchedule:
         """Start every instructed task now and keep the first `keep` arrivals within `deadline` (0: none); nothing
         changes until `advance`."""
-        schedule = schedule_round(self.now, [self._attempt(round, i) for i in instructions], keep, deadline)
+        schedule = schedule_round(self.now, [self.attempt(round, i, self.now) for i in instructions], keep, deadline)
         if not instructions and math.isfinite(self._idle_until):
             schedule.end = self._idle_until
         return schedule
@@ -73,16 +73,31 @@ class TaskTiming:
         for client in clients:
             self.downloads.charge(client, self._version, self._whole)
 
-    def _attempt(self, round: int, instruction: Instruction) -> Attempt:
+    def online_idle(self, idle: np.ndarray, now: float, draw: int) -> np.ndarray:
+        """An asynchronous run's `draw`-th look at its idle clients: those online at `now` (one uniform draw each)."""
+        if self.profiles is None or len(idle) == 0:
+            return idle
+        u = derive_rng(self.seed, ASYNC_ONLINE, draw).random(len(idle))
+        return idle[self.profiles.availability.online_mask(idle, now, u)]
+
+    def next_online(self, clients: np.ndarray, now: float) -> float:
+        """The earliest time from `now` at which one of `clients` may be online (inf: none ever is)."""
+        if self.profiles is None or len(clients) == 0:
+            return now if len(clients) else math.inf
+        return min(self.profiles.availability.next_online(int(c), now) for c in clients)
+
+    def attempt(self, number: int, instruction: Instruction, start: float) -> Attempt:
+        """A task that starts at `start`: the client's `number`-th (its round in a synchronous run), which keys
+        whether it fails. Its download is what the client needs to hold the published version."""
         client = instruction.client_id
         download = self.downloads.cost(client, self._version, self._whole)
         if self.profiles is None:
             return Attempt(client, 0.0)
         samples = samples_processed(self.train_sizes[client], self.train_config.with_overrides(instruction.config))
         seconds = self.profiles.task_seconds(client, samples, download, self.upload_bytes)
-        fails, point = derive_rng(self.seed, DROPOUT, round, client).random(2)
+        fails, point = derive_rng(self.seed, DROPOUT, number, client).random(2)
         if fails < self.profiles.dropout[client]:
             return Attempt(client, seconds, fails_at=point * seconds)
-        if not self.profiles.availability.online_at_finish(client, self.now + seconds):
+        if not self.profiles.availability.online_at_finish(client, start + seconds):
             return Attempt(client, seconds, fails_at=seconds)
         return Attempt(client, seconds)

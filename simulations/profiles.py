@@ -202,6 +202,10 @@ class Availability(ABC):
         """The earliest time >= `time` at which the client may be online (inf: never)."""
         return time
 
+    def online_mask(self, clients: np.ndarray, time: float, u: np.ndarray) -> np.ndarray:
+        """`online_at_selection` for many clients at once (`u`: one uniform draw each)."""
+        return np.array([self.online_at_selection(int(c), time, float(x)) for c, x in zip(clients, u)], dtype=bool)
+
 
 @dataclass(frozen=True)
 class Always(Availability):
@@ -212,6 +216,9 @@ class Always(Availability):
 
     def online_at_finish(self, client_id: int, time: float) -> bool:
         return True
+
+    def online_mask(self, clients: np.ndarray, time: float, u: np.ndarray) -> np.ndarray:
+        return np.ones(len(clients), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,9 @@ class Bernoulli(Availability):
 
     def online_at_finish(self, client_id: int, time: float) -> bool:
         return True
+
+    def online_mask(self, clients: np.ndarray, time: float, u: np.ndarray) -> np.ndarray:
+        return np.asarray(u) < self.p
 
 
 @dataclass(frozen=True, eq=False)

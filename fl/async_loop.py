@@ -1,0 +1,273 @@
+"""The asynchronous loop on the virtual clock: clients start and arrive one at a time, and versions are published.
+
+At most `strategy.concurrency` clients are in flight (a closed loop): after every event, free slots go to idle online
+clients that the strategy selects. A started task downloads the current version, trains on that snapshot, and arrives
+when the cost model says, or fails midway (dropout, offline at finish). Events are consumed in (time, kind, client)
+order; the strategy sees each arrival with its staleness (versions published since the client started) and may
+publish a version; its timers serve interval methods.
+
+Training is lazy and parallel: posted tasks wait until one of them is needed, then every waiting task trains in one
+batch on the pool, each from its own snapshot and seed, so batch sizes, worker counts and channels change nothing.
+A client's n-th task is seeded as its task in round n of a synchronous run. Memory grows with the tasks in flight
+(their snapshots and results) and one integer per registered client.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fl.clock import ARRIVE, DROP, START, TIMER, WAKE, EventQueue
+from fl.seeding import ASYNC_SELECT, TRAINING, derive_rng, derive_seed
+from fl.timing import TaskTiming
+from strategies.asynchronous.base import Arrival, AsyncStrategy, Start, check_concurrency
+from strategies.base import Instruction
+from transport.messages import TRAIN, Result, Task
+
+STALL_EVENTS = 10_000  # events in a row that start, publish and deliver nothing: the run cannot go on
+
+
+class TaskRunner(ABC):
+    """How the loop's tasks run: the server's channel and worker pool, or a test's closed form."""
+
+    @abstractmethod
+    def post(self, task: Task) -> Any:
+        """Hand a task over when it starts; returns a handle for `run` or `cancel`."""
+
+    @abstractmethod
+    def run(self, handles: list[Any]) -> list[tuple[Result, int]]:
+        """Train posted tasks (in parallel where possible); each one's result and the bytes it uploaded, in order."""
+
+    def cancel(self, handle: Any) -> None:
+        """A posted task that will never be trained (its result could not be used)."""
+
+    def settle(self, result: Result, applied: bool) -> None:
+        """The loop consumed `result`: write its client state when applied, drop it otherwise."""
+
+
+@dataclass
+class Flight:
+    """A started task: posted unless it fails (then it is never trained and never arrives)."""
+
+    task: Task | None
+    start_time: float
+    handle: Any = None
+    result: Result | None = None
+    up_bytes: int = 0
+    skipped: bool = False  # already too stale when its batch trained: never trained
+
+
+@dataclass
+class VersionRecord:
+    """What happened from one published version to the next (`ended`: the run stopped before publishing one)."""
+
+    version: int = 0
+    time: float = 0.0
+    staleness: list[int] = field(default_factory=list)  # of the applied arrivals
+    loss_sum: float = 0.0
+    samples: int = 0
+    dropped: int = 0
+    stale: int = 0  # arrivals older than the strategy's max_staleness, not applied
+    in_flight: int = 0
+    up_bytes: int = 0
+    ended: bool = False
+
+    def add(self, arrival: Arrival, up_bytes: int) -> None:
+        self.staleness.append(arrival.staleness)
+        self.loss_sum += arrival.metrics["loss"] * arrival.num_samples
+        self.samples += arrival.num_samples
+        self.up_bytes += up_bytes
+
+
+class AsyncLoop:
+    """Runs an asynchronous strategy on the virtual clock; `next_version` advances to the next published version."""
+
+    def __init__(self, strategy: AsyncStrategy, num_clients: int, params: Tensor, publish: Any, runner: TaskRunner,
+                 timing: TaskTiming, seed: int, max_virtual_seconds: float = 0.0) -> None:
+        """`publish(params) -> version` makes parameters current for the tasks posted next."""
+        self.strategy, self.runner, self.timing, self.seed = strategy, runner, timing, seed
+        self.concurrency = check_concurrency(strategy.concurrency, num_clients)
+        self.limit = max_virtual_seconds if max_virtual_seconds > 0 else math.inf
+        self._publish_params = publish
+        self.queue = EventQueue()
+        self.flights: dict[int, Flight] = {}
+        self.delayed: dict[int, Start] = {}
+        self.busy = np.zeros(num_clients, dtype=bool)  # in flight or waiting to start
+        self.tasks_started = np.zeros(num_clients, dtype=np.int64)
+        self.pending: list[int] = []  # clients whose posted task has not trained yet
+        self.snapshots: dict[int, list[Any]] = {}  # version -> [params, tasks in flight on it]
+        self.events: list[tuple[int, float, str, int]] = []  # (row, virtual time, kind, client id)
+        self.histogram: Counter[int] = Counter()  # staleness of the applied arrivals
+        self.fills, self.quiet, self.timer, self.wake = 0, 0, None, None
+        self.params, self.version = params.detach().clone(), publish(params)
+        self.record = VersionRecord()
+        self.rows = 0
+        self._after_event(0.0)
+
+    @property
+    def now(self) -> float:
+        return self.queue.now
+
+    def next_version(self) -> VersionRecord:
+        """Consume events until a version is published; a record with `ended` when the clock reaches
+        `max_virtual_seconds` or nothing is left to happen."""
+        while self.queue and self.queue.peek_time() <= self.limit:
+            event = self.queue.pop()
+            new_params = self._handle(event.kind, event.client_id, event.time)
+            record = self._publish(new_params) if new_params is not None else None
+            self._after_event(event.time)
+            if record is not None:
+                return record
+        self.record.ended = True
+        self.record.time = min(self.limit, self.queue.peek_time()) if self.queue else self.now
+        self.record.in_flight = len(self.flights)
+        return self.record
+
+    def _handle(self, kind: str, client: int, now: float) -> Tensor | None:
+        self.quiet += 1
+        if kind == ARRIVE:
+            return self._arrive(client, now)
+        if kind == DROP:
+            del self.flights[client]
+            self.busy[client] = False
+            self.record.dropped += 1
+            self._log(now, DROP, client)
+        elif kind == START:
+            self._dispatch(self.delayed.pop(client), now)
+        elif kind == TIMER and now == self.timer:
+            self.timer = None
+            self._log(now, TIMER, -1)
+            return self.strategy.on_timer(now, self.params.clone())
+        elif kind == WAKE and now == self.wake:
+            self.wake = None
+        return None
+
+    def _arrive(self, client: int, now: float) -> Tensor | None:
+        if self.flights[client].result is None and not self.flights[client].skipped:
+            self._train_pending()
+        flight = self.flights.pop(client)
+        self.busy[client] = False
+        self.quiet = 0
+        task, result = flight.task, flight.result
+        params = self._release(task.version)
+        staleness = self.version - task.version
+        limit = self.strategy.max_staleness
+        if flight.skipped or (limit is not None and staleness > limit):
+            if result is not None:
+                self.runner.settle(result, applied=False)
+            self.record.stale += 1
+            self._log(now, "stale", client)
+            return None
+        self.runner.settle(result, applied=True)
+        arrival = Arrival(client, result.update, result.num_samples, result.metrics, staleness, task.version,
+                          flight.start_time, now, params, result.tensors)
+        self.record.add(arrival, flight.up_bytes)
+        self.histogram[staleness] += 1
+        self._log(now, ARRIVE, client)
+        return self.strategy.on_arrival(arrival, self.params.clone())
+
+    def _publish(self, new_params: Tensor) -> VersionRecord:
+        if not torch.isfinite(new_params).all():
+            raise FloatingPointError(f"version {self.version + 1}: the global model holds NaN or Inf "
+                                     f"(try a smaller learning rate)")
+        self.params = new_params.detach().clone()
+        self.version = self._publish_params(self.params)
+        record, self.record = self.record, VersionRecord()
+        record.version, record.time, record.in_flight = self.version, self.now, len(self.flights)
+        self.rows += 1
+        self.quiet = 0
+        return record
+
+    def _after_event(self, now: float) -> None:
+        """Fill free slots, then (re)arm the strategy's timer; stop a run that can no longer change."""
+        self._fill(now)
+        when = self.strategy.next_timer()
+        if when is not None and when != self.timer:
+            if when < now:
+                raise ValueError(f"{type(self.strategy).__name__}.next_timer() = {when} is before the clock's {now}")
+            self.timer = when
+            self.queue.push(when, TIMER, -1)
+        if self.quiet > STALL_EVENTS:
+            raise RuntimeError(f"{type(self.strategy).__name__} stalls: {STALL_EVENTS} events in a row started, "
+                               f"delivered and published nothing")
+
+    def _fill(self, now: float) -> None:
+        slots = self.concurrency - int(self.busy.sum())
+        if slots <= 0:
+            return
+        idle = np.flatnonzero(~self.busy)
+        self.fills += 1
+        online = self.timing.online_idle(idle, now, self.fills)
+        starts = self.strategy.select(now, online, slots, derive_rng(self.seed, ASYNC_SELECT, self.fills)) \
+            if len(online) else []
+        chosen = [start.client_id for start in starts]
+        if len(chosen) > slots or len(set(chosen)) != len(chosen) or not np.isin(chosen, online).all():
+            raise ValueError(f"{type(self.strategy).__name__}.select must start at most {slots} distinct idle "
+                             f"online clients, got {chosen}")
+        for start in starts:
+            self.busy[start.client_id] = True
+            self.quiet = 0
+            if start.delay > 0:
+                self.delayed[start.client_id] = start
+                self.queue.push(now + start.delay, START, start.client_id)
+            else:
+                self._dispatch(start, now)
+        if not starts and not len(online) and len(idle) and self.wake is None:
+            when = self.timing.next_online(idle, now)
+            if math.isfinite(when) and (when > now or not self.flights):
+                self.wake = when
+                self.queue.push(when, WAKE, -1)
+
+    def _dispatch(self, start: Start, now: float) -> None:
+        """Start a client's task on the current version: posted and placed on the clock, or failing midway."""
+        client = start.client_id
+        self.tasks_started[client] += 1
+        number = int(self.tasks_started[client])
+        attempt = self.timing.attempt(number, Instruction(client, dict(start.config)), now)
+        self._log(now, "start", client)
+        if attempt.fails_at is not None:
+            self.flights[client] = Flight(None, now)
+            self.queue.push(now + attempt.fails_at, DROP, client)
+            return
+        task = Task(TRAIN, self.version, client, derive_seed(self.seed, number, client, TRAINING), dict(start.config))
+        self.flights[client] = Flight(task, now, self.runner.post(task))
+        self.timing.downloaded([client])
+        self.snapshots.setdefault(self.version, [self.params, 0])[1] += 1
+        self.pending.append(client)
+        self.queue.push(now + attempt.seconds, ARRIVE, client)
+
+    def _train_pending(self) -> None:
+        """Train every posted task that has not trained yet, in one batch; tasks that are already too stale to be
+        applied are cancelled instead."""
+        limit = self.strategy.max_staleness
+        live = []
+        for client in self.pending:
+            flight = self.flights[client]
+            if limit is not None and self.version - flight.task.version > limit:
+                flight.skipped = True
+                self.runner.cancel(flight.handle)
+            else:
+                live.append(client)
+        self.pending = []
+        for client, (result, up_bytes) in zip(live, self.runner.run([self.flights[c].handle for c in live])):
+            if result.client_id != client:
+                raise RuntimeError(f"the pool returned client {result.client_id}'s result for client {client}")
+            self.flights[client].result, self.flights[client].up_bytes = result, up_bytes
+
+    def _release(self, version: int) -> Tensor:
+        """The parameters of `version`, forgotten once no task in flight started from them."""
+        snapshot = self.snapshots[version]
+        snapshot[1] -= 1
+        if snapshot[1] == 0:
+            del self.snapshots[version]
+        return snapshot[0]
+
+    def _log(self, now: float, kind: str, client: int) -> None:
+        self.events.append((self.rows + 1, now, kind, client))
