@@ -1,7 +1,8 @@
 """The asynchronous loop on the virtual clock: clients start and arrive one at a time, and versions are published.
 
-At most `strategy.concurrency` clients are in flight (a closed loop): after every event, free slots go to idle online
-clients that the strategy selects. A started task downloads the current version, trains on that snapshot, and arrives
+At most `strategy.concurrency` clients are in flight (a closed loop): once the events of a moment are handled, free
+slots go to idle online clients that the strategy selects (so clients arriving together restart together, on the
+version their arrivals made). A started task downloads the current version, trains on that snapshot, and arrives
 when the cost model says, or fails midway (dropout, offline at finish). Events are consumed in (time, kind, client)
 order; the strategy sees each arrival with its staleness (versions published since the client started) and may
 publish a version; its timers serve interval methods.
@@ -15,6 +16,7 @@ A client's n-th task is seeded as its task in round n of a synchronous run. Memo
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from strategies.asynchronous.base import Arrival, AsyncStrategy, Start, check_co
 from strategies.base import Instruction
 from transport.messages import TRAIN, Result, Task
 
-STALL_EVENTS = 10_000  # events in a row that start, publish and deliver nothing: the run cannot go on
+STALL_EVENTS = 10_000  # events in a row that bring no update (timers while tasks are in flight not counted)
 
 
 class TaskRunner(ABC):
@@ -76,14 +78,16 @@ class VersionRecord:
     dropped: int = 0
     stale: int = 0  # arrivals older than the strategy's max_staleness, not applied
     in_flight: int = 0
-    up_bytes: int = 0
+    up_by_client: dict[int, int] = field(default_factory=dict)  # bytes of the results consumed (applied or stale)
     ended: bool = False
 
-    def add(self, arrival: Arrival, up_bytes: int) -> None:
+    def add(self, arrival: Arrival) -> None:
         self.staleness.append(arrival.staleness)
         self.loss_sum += arrival.metrics["loss"] * arrival.num_samples
         self.samples += arrival.num_samples
-        self.up_bytes += up_bytes
+
+    def uploaded(self, client: int, num_bytes: int) -> None:
+        self.up_by_client[client] = self.up_by_client.get(client, 0) + num_bytes
 
 
 class AsyncLoop:
@@ -118,20 +122,25 @@ class AsyncLoop:
     def next_version(self) -> VersionRecord:
         """Consume events until a version is published; a record with `ended` when the clock reaches
         `max_virtual_seconds` or nothing is left to happen."""
-        while self.queue and self.queue.peek_time() <= self.limit:
+        while self.queue and self.queue.peek_time() <= self.limit and self.quiet <= STALL_EVENTS:
             event = self.queue.pop()
             new_params = self._handle(event.kind, event.client_id, event.time)
             record = self._publish(new_params) if new_params is not None else None
             self._after_event(event.time)
             if record is not None:
+                record.in_flight = len(self.flights) + len(self.delayed)
                 return record
+        if self.quiet > STALL_EVENTS:
+            warnings.warn(f"the run ends: {STALL_EVENTS} events in a row brought no update (does every task fail, "
+                          f"or does {type(self.strategy).__name__} start nobody?)", RuntimeWarning, stacklevel=2)
         self.record.ended = True
         self.record.time = min(self.limit, self.queue.peek_time()) if self.queue else self.now
-        self.record.in_flight = len(self.flights)
+        self.record.in_flight = len(self.flights) + len(self.delayed)
         return self.record
 
     def _handle(self, kind: str, client: int, now: float) -> Tensor | None:
-        self.quiet += 1
+        if kind != TIMER or not self.flights:
+            self.quiet += 1
         if kind == ARRIVE:
             return self._arrive(client, now)
         if kind == DROP:
@@ -159,6 +168,7 @@ class AsyncLoop:
         params = self._release(task.version)
         staleness = self.version - task.version
         limit = self.strategy.max_staleness
+        self.record.uploaded(client, flight.up_bytes)
         if flight.skipped or (limit is not None and staleness > limit):
             if result is not None:
                 self.runner.settle(result, applied=False)
@@ -168,7 +178,7 @@ class AsyncLoop:
         self.runner.settle(result, applied=True)
         arrival = Arrival(client, result.update, result.num_samples, result.metrics, staleness, task.version,
                           flight.start_time, now, params, result.tensors)
-        self.record.add(arrival, flight.up_bytes)
+        self.record.add(arrival)
         self.histogram[staleness] += 1
         self._log(now, ARRIVE, client)
         return self.strategy.on_arrival(arrival, self.params.clone())
@@ -180,23 +190,21 @@ class AsyncLoop:
         self.params = new_params.detach().clone()
         self.version = self._publish_params(self.params)
         record, self.record = self.record, VersionRecord()
-        record.version, record.time, record.in_flight = self.version, self.now, len(self.flights)
+        record.version, record.time = self.version, self.now
         self.rows += 1
         self.quiet = 0
         return record
 
     def _after_event(self, now: float) -> None:
-        """Fill free slots, then (re)arm the strategy's timer; stop a run that can no longer change."""
-        self._fill(now)
+        """Fill free slots once every event at this time is handled, then (re)arm the strategy's timer."""
+        if self.queue.peek_time() > now:
+            self._fill(now)
         when = self.strategy.next_timer()
         if when is not None and when != self.timer:
             if when < now:
                 raise ValueError(f"{type(self.strategy).__name__}.next_timer() = {when} is before the clock's {now}")
             self.timer = when
             self.queue.push(when, TIMER, -1)
-        if self.quiet > STALL_EVENTS:
-            raise RuntimeError(f"{type(self.strategy).__name__} stalls: {STALL_EVENTS} events in a row started, "
-                               f"delivered and published nothing")
 
     def _fill(self, now: float) -> None:
         slots = self.concurrency - int(self.busy.sum())
@@ -213,7 +221,6 @@ class AsyncLoop:
                              f"online clients, got {chosen}")
         for start in starts:
             self.busy[start.client_id] = True
-            self.quiet = 0
             if start.delay > 0:
                 self.delayed[start.client_id] = start
                 self.queue.push(now + start.delay, START, start.client_id)

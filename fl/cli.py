@@ -96,11 +96,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _strategies(args: argparse.Namespace) -> int:
-    from strategies.registry import STRATEGIES, describe
+    from strategies.registry import STRATEGIES, describe, kind
 
     width = max(map(len, STRATEGIES))
     for name in STRATEGIES:
-        print(f"{name:<{width}}  {describe(name)}")
+        print(f"{name:<{width}}  {kind(name):<12}  {describe(name)}")
     return 0
 
 

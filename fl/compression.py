@@ -69,10 +69,25 @@ class UplinkDecoder:
         """Write the staged states of the results a successful round collected; drop any other (a result admitted
         after its round failed, or after its call was cancelled)."""
         staged, self.staged = self.staged, {}
-        self.states.update({c: staged[c] for c in client_ids if c in staged})
+        for client_id in client_ids:
+            if client_id in staged:
+                self._write(client_id, staged[client_id])
 
     def discard(self) -> None:
         self.staged = {}
+
+    def settle(self, client_id: int, applied: bool) -> None:
+        """An asynchronous run consumed one client's result: write its staged state if applied, else drop it."""
+        state = self.staged.pop(client_id, None)
+        if applied and state is not None:
+            self._write(client_id, state)
+
+    def _write(self, client_id: int, state: State) -> None:
+        """Keep a client's receiver state; a stateless codec's empty state takes no entry."""
+        if state:
+            self.states[client_id] = state
+        else:
+            self.states.pop(client_id, None)
 
     def forget(self, client_id: int) -> None:
         self.states.pop(client_id, None)

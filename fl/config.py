@@ -125,7 +125,8 @@ class TransportConfig:
 class RunConfig:
     name: str = "run"
     seed: int = 0
-    rounds: int = 20
+    rounds: int = 20  # synchronous rounds, or versions an asynchronous strategy publishes
+    max_virtual_seconds: float = 0.0  # also stop once the virtual clock reaches this (0: no limit)
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -122,6 +122,12 @@ class GrpcChannel(Channel):
     def receive(self, receipt: int) -> Result:
         return self.board.take(receipt, timeout=self.settings.timeout_seconds)
 
+    def cancel(self, envelope: tuple[int, int]) -> None:
+        self.board.cancel(envelope[0])
+
+    def keep_versions(self, max_staleness: int | None) -> None:
+        self.board.max_staleness = max_staleness
+
     def endpoint(self) -> Endpoint:
         return GrpcEndpoint(self.address, self.settings)
 

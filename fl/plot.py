@@ -1,4 +1,4 @@
-"""`fl plot`: accuracy and loss per round for one or more runs, overlaid, as a PNG."""
+"""`fl plot`: accuracy and loss per round for one or more runs, overlaid, as a PNG; and a run's staleness histogram."""
 
 from __future__ import annotations
 
@@ -55,6 +55,20 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "round") -> Path
     figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return out
+
+
+def plot_staleness(counts: dict[int, int], out: str | Path) -> Path:
+    """A bar chart of how many applied updates had each staleness (versions published while they trained)."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.bar(list(counts), list(counts.values()), width=0.8)
+    axes.set(xlabel="staleness (versions)", ylabel="updates applied", title="Staleness of applied updates")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    out = Path(out)
     figure.savefig(out, dpi=120)
     plt.close(figure)
     return out

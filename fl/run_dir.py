@@ -64,6 +64,13 @@ class RunWriter:
         lines = [json.dumps({"round": r, "time": t, "kind": kind, "client": c}) for r, t, kind, c in events]
         (self.path / "events.jsonl").write_text("".join(line + "\n" for line in lines))
 
+    def write_staleness(self, counts: dict[int, int]) -> None:
+        """staleness.json (applied updates per staleness) and staleness.png, its histogram."""
+        (self.path / "staleness.json").write_text(json.dumps({str(k): v for k, v in counts.items()}) + "\n")
+        from fl.plot import plot_staleness
+
+        plot_staleness(counts, self.path / "staleness.png")
+
     def close(self) -> None:
         self._metrics.close()
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl.async_loop import AsyncLoop
+from fl.async_server import PoolTasks, version_row
 from fl.clock import RoundSchedule
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -29,6 +31,7 @@ from fl.worker import WorkerSetup, as_tensor, resolve_device
 from simulations.availability import available_clients
 from simulations.federated_data import FederatedData
 from simulations.profiles import DeviceProfiles
+from strategies.asynchronous.base import AsyncStrategy
 from strategies.base import Federation, Reply, SyncStrategy
 from transport.channel import Channel, Endpoint
 from transport.codecs.registry import make_codec
@@ -39,7 +42,7 @@ ChannelFactory = Callable[[], Channel]  # a factory: a gRPC channel's server mus
 
 
 class StrategyConfig(Protocol):
-    def build(self, federation: Federation) -> SyncStrategy: ...
+    def build(self, federation: Federation) -> SyncStrategy | AsyncStrategy: ...
 
 
 @dataclass
@@ -64,6 +67,7 @@ class ServerSetup:
     devices: DeviceProfiles | None = None  # per-client speeds, bandwidths, availability; None: instantaneous
     deadline: float = 0.0  # virtual seconds a round waits for its clients (0: no deadline)
     over_select: float = 1.0  # select ceil(per_round * over_select) clients, keep the first per_round to arrive
+    max_virtual_seconds: float = 0.0  # an asynchronous run ends when its clock reaches this (0: never)
 
 
 class Server:
@@ -98,6 +102,11 @@ class Server:
         worker_setup = WorkerSetup(setup.model_fn, data, setup.train_config, self.strategy.client_algorithm,
                                    setup.device, setup.threads, setup.uplink)
         self.pool = make_pool(worker_setup, self.channel.endpoint())
+        self.loop: AsyncLoop | None = None  # an asynchronous strategy's loop, started by the first version
+
+    @property
+    def is_async(self) -> bool:
+        return isinstance(self.strategy, AsyncStrategy)
 
     def get_global(self) -> Tensor:
         return self.global_params
@@ -106,13 +115,19 @@ class Server:
         return self.spec
 
     def get_events(self) -> list[tuple[int, float, str, int]]:
-        return self.events
+        return self.loop.events if self.loop is not None else self.events
+
+    def get_staleness(self) -> dict[int, int]:
+        """How many applied updates had each staleness (an asynchronous run; empty otherwise)."""
+        return dict(sorted(self.loop.histogram.items())) if self.loop is not None else {}
 
     def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
         """Dispatch, collect and commit one round on the virtual clock; evaluate when due (or when `evaluate_now`).
         Returns the round's metrics. A round that fails writes nothing: parameters, client state, decoder state and
-        the clock stay as they were."""
+        the clock stay as they were. An asynchronous strategy's round is one published version."""
         start = time.perf_counter()
+        if self.is_async:
+            return self._finish_row(round, self._run_version(round), evaluate_now, start)
         schedule, unavailable, tasks, receipts = self._dispatch(round)
         tally, staged = _Tally(), {}
         try:
@@ -123,14 +138,37 @@ class Server:
             raise
         self._commit(round, schedule, new_global, staged)
         metrics = self._round_metrics(round, schedule, unavailable, tally, server_metrics)
+        return self._finish_row(round, metrics, evaluate_now, start)
+
+    def _finish_row(self, round: int, metrics: dict[str, Any], evaluate_now: bool, start: float) -> dict[str, Any]:
+        """Mark the row that ends the run (the clock reached `max_virtual_seconds`, or an asynchronous loop has
+        nothing left to do); evaluate when due, and always at the end; time the row."""
+        limit = self.setup.max_virtual_seconds
+        if limit > 0 and metrics["virtual_time"] >= limit:
+            metrics["ended"] = True
         every = self.setup.eval_every
-        if evaluate_now or (every > 0 and round % every == 0):
+        if evaluate_now or metrics.get("ended") or (every > 0 and round % every == 0):
             metrics.update(self.evaluate_central())
         every = self.setup.federated_eval_every
         if every > 0 and round % every == 0:
             metrics.update(self.evaluate_federated(round))
         metrics["wall_seconds"] = time.perf_counter() - start
         return metrics
+
+    def _run_version(self, round: int) -> dict[str, Any]:
+        """Advance the asynchronous loop to its next published version (started on the first call)."""
+        if self.loop is None:
+            self.channel.keep_versions(self.strategy.max_staleness)
+            self.tasks = PoolTasks(self.channel, self.pool, self.store, self.decoder, self.sizes)
+            self.loop = AsyncLoop(self.strategy, self.setup.data.num_clients, self.global_params, self._publish_new,
+                                  self.tasks, self.timing, self.setup.seed, self.setup.max_virtual_seconds)
+        record = self.loop.next_version()
+        self.global_params = self.loop.params
+        return version_row(round, record, *self.tasks.traffic(record))
+
+    def _publish_new(self, params: Tensor) -> int:
+        self.global_params, self._unpublished = params.detach().clone(), True
+        return self._publish()
 
     def _dispatch(self, round: int) -> tuple[RoundSchedule, int, list[Task], Iterator[Any]]:
         """Choose the clients among those online, publish the global parameters, place every task on the virtual

@@ -67,6 +67,7 @@ def server_setup(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> S
         federated_eval_clients=config.eval.federated_clients, device=config.runtime.device,
         threads=config.runtime.threads_per_worker, uplink=config.transport.uplink, downlink=config.transport.downlink,
         devices=profiles, deadline=sampling.deadline, over_select=sampling.over_select,
+        max_virtual_seconds=config.max_virtual_seconds,
     )
 
 
@@ -144,7 +145,8 @@ def run_simulation(
     show_progress: bool = True,
     console: Console | None = None,
 ) -> SimulationResult:
-    """Run `config.rounds` synchronous rounds. `data` and `model_fn` replace the configured ones when given."""
+    """Run `config.rounds` synchronous rounds (or asynchronous versions), stopping early at `max_virtual_seconds`.
+    `data` and `model_fn` replace the configured ones when given."""
     start = time.perf_counter()
     data = data if data is not None else build_data(config.data, config.seed)  # before Ray starts
     if config.sampling.per_round > data.num_clients:
@@ -166,11 +168,16 @@ def run_simulation(
                     progress.update(metrics)
                     if writer:
                         writer.write_round(metrics)
+                    if metrics.get("ended"):  # the clock reached max_virtual_seconds, or nothing is left to do
+                        break
             global_params, spec, events = call("get_global"), call("get_spec"), call("get_events")
+            staleness = call("get_staleness")
         if writer:
             writer.write_model(spec, global_params)
-            if config.devices.spec():
+            if config.devices.spec() or staleness:
                 writer.write_events(events)
+            if staleness:
+                writer.write_staleness(staleness)
     finally:
         if writer:
             writer.close()

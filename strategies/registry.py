@@ -1,4 +1,5 @@
-"""The synchronous strategies by name: one explicit dict of config classes, no import-time registration.
+"""The strategies by name, synchronous and asynchronous: one explicit dict of config classes, no import-time
+registration.
 
 A config class is a dataclass with defaults, a docstring whose first line describes it, and `build(federation)`.
 Plug-ins add theirs with `register` (to this dict or to a copy of it).
@@ -9,6 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from strategies.asynchronous.anarchic import AFACDConfig, AFACSConfig
+from strategies.asynchronous.base import AsyncStrategy
+from strategies.asynchronous.fedasync import FedAsyncConfig
+from strategies.asynchronous.fedbuff import FedBuffConfig
+from strategies.asynchronous.fedcompass import FedCompassConfig
+from strategies.asynchronous.fedfix import AsyncFedAvgConfig, FedFixConfig
+from strategies.base import Federation
 from strategies.client_momentum import ClientMomentumConfig
 from strategies.diloco import DiLoCoConfig
 from strategies.fedau import FedAUConfig
@@ -28,6 +36,13 @@ STRATEGIES: dict[str, type] = {
     "fedavg_client_momentum": ClientMomentumConfig,
     "fedau": FedAUConfig,
     "diloco": DiLoCoConfig,
+    "fedasync": FedAsyncConfig,
+    "fedbuff": FedBuffConfig,
+    "fedfix": FedFixConfig,
+    "async_fedavg": AsyncFedAvgConfig,
+    "fedcompass": FedCompassConfig,
+    "afa_cd": AFACDConfig,
+    "afa_cs": AFACSConfig,
 }
 
 
@@ -49,6 +64,12 @@ def _lookup(name: str, registry: dict[str, type]) -> type:
 def describe(name: str, registry: dict[str, type] = STRATEGIES) -> str:
     """The first line of the strategy config's docstring."""
     return (_lookup(name, registry).__doc__ or "").strip().partition("\n")[0]
+
+
+def kind(name: str, registry: dict[str, type] = STRATEGIES) -> str:
+    """"synchronous" or "asynchronous": what the strategy's defaults build."""
+    strategy = _lookup(name, registry)().build(Federation(num_clients=4, per_round=2, num_params=2, num_trainable=2))
+    return "asynchronous" if isinstance(strategy, AsyncStrategy) else "synchronous"
 
 
 def strategy_config(name: str, options: dict[str, Any], registry: dict[str, type] = STRATEGIES) -> Any:

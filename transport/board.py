@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
@@ -54,7 +54,8 @@ class TaskBoard:
     """Tasks posted by the server and answered by clients; global parameters published per version.
 
     `admission` checks client ids and results (ValueError for anything bad); until it is set, clients are told to
-    come back later. Results are accepted for tasks of the current version, or up to `max_staleness` versions older.
+    come back later. Results are accepted for tasks of the current version, or up to `max_staleness` versions older
+    (None: any age); the parameters of a version are kept while it is current or an open task needs them.
     `deployed`: clients are separate processes; each must join and call with its session, and the simulation
     worker's batch calls are refused.
     """
@@ -65,7 +66,7 @@ class TaskBoard:
         expected_kinds: Collection[str] = (TRAIN, EVALUATE),
         *,
         chunk_size: int = framing.DEFAULT_CHUNK_SIZE,
-        max_staleness: int = 0,
+        max_staleness: int | None = 0,
         charge_params_per_task: bool = False,
         deployed: bool = False,
         session_seconds: float = 60.0,
@@ -92,6 +93,7 @@ class TaskBoard:
         self.downloads = DownloadLedger()  # the kept changes' sizes; with charge_params_per_task, who holds what
         self._version: int | None = None
         self._entries: dict[int, _Entry] = {}
+        self._open: Counter[int] = Counter()  # version -> tasks on the board that need it
         self._queues: dict[int, deque[int]] = {}  # client id -> ids of its tasks not yet pulled
         self._next_id = 1
         self._closed = False
@@ -169,10 +171,15 @@ class TaskBoard:
             if changed is not None:
                 self._changes[version] = changed
             self.downloads.published(version, None if changed is None else sum(map(len, changed)), _size(whole))
-            for old in [v for v in self._params if v < version - self.max_staleness]:
-                del self._params[old]
+            self._prune()
             for old in self._changes.keys() - self.downloads.change_sizes.keys():
                 del self._changes[old]
+
+    def _prune(self) -> None:
+        """Forget the parameters of versions that are neither current nor needed by a task on the board."""
+        for old in [v for v in self._params if v != self._version and not self._open[v]]:
+            del self._params[old]
+            self._open.pop(old, None)
 
     def _serialized(self, message: ParamsMessage) -> list[bytes]:
         return [frame.SerializeToString() for frame in framing.to_frames(*wire.params_frame(message), self.chunk_size)]
@@ -189,6 +196,7 @@ class TaskBoard:
                 whole = _size(self._params[task.version])
                 self.traffic.add_down(task.client_id, self.downloads.charge(task.client_id, task.version, whole))
             self._entries[task_id] = _Entry(task)
+            self._open[task.version] += 1
             self._queues.setdefault(task.client_id, deque()).append(task_id)
             self._changed(task.client_id)
         return task_id
@@ -200,7 +208,23 @@ class TaskBoard:
                 raise KeyError(f"no task {task_id} on the board")
             if not self._lock.wait_for(lambda: self._entries[task_id].result is not None, timeout):
                 raise TimeoutError(f"no result for task {task_id} within {timeout} s")
-            return self._entries.pop(task_id).result
+            return self._remove(task_id).result
+
+    def cancel(self, task_id: int) -> None:
+        """Withdraw a task that was never answered: its client no longer gets it, and a result for it is refused."""
+        with self._lock:
+            entry = self._entries.get(task_id)
+            if entry is None or entry.result is not None or entry.receiving:
+                return
+            self._unqueue(task_id, entry.task.client_id)
+            self._remove(task_id)
+
+    def _remove(self, task_id: int) -> _Entry:
+        """Forget a task, and the parameters no task needs any more (call with the lock held)."""
+        entry = self._entries.pop(task_id)
+        self._open[entry.task.version] -= 1
+        self._prune()
+        return entry
 
     def close(self) -> None:
         """The run is over: clients asking for tasks get DONE."""
@@ -294,7 +318,7 @@ class TaskBoard:
         self._check_session(client_id, session)
         with self._lock:
             task = self._open_entry(task_id, client_id).task
-            if task.version < self._version - self.max_staleness:
+            if self.max_staleness is not None and task.version < self._version - self.max_staleness:
                 raise Refused(Code.FAILED_PRECONDITION,
                               f"task {task_id} is for version {task.version}, too old for version {self._version}")
             if version != task.version:

@@ -112,6 +112,13 @@ class Channel(ABC):
         except ValueError as error:
             raise UpdateRefused(f"client {result.client_id}: the server refused the result: {error}") from None
 
+    def cancel(self, envelope: Any) -> None:
+        """A posted task will never run (an asynchronous run found it too stale to use)."""
+
+    def keep_versions(self, max_staleness: int | None) -> None:
+        """Accept results of tasks up to `max_staleness` versions old (None: any age); by default only the
+        current version's. Versions no open task needs are dropped either way."""
+
     def connected(self) -> list[int] | None:
         """The clients that can be given tasks now, or None when every client can (a simulation)."""
         return None

@@ -6,8 +6,9 @@ task takes seconds_per_step[i] * steps virtual seconds after its start (a Start'
 always online and never drops out; a reply carries samples[i] samples (default 1). Everything is float64.
 
 Semantics of the loop, for hand traces: events at equal times are handled arrivals first, then timers, then delayed
-starts, and by client id; after each event the loop publishes the parameters the strategy returned (if any), then
-fills free slots through `select` (a client that just arrived is idle again), then asks `next_timer`. The run stops
+starts, and by client id; after each event the loop publishes the parameters the strategy returned (if any). Once
+every event at that time is handled, it fills free slots through `select` (clients that arrived are idle again, and
+all start on the newest version), and after every event it asks `next_timer`. The run stops
 after `versions` published versions (not counting the initial one) or when nothing is left to happen.
 """
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from strategies.asynchronous.base import AsyncStrategy
 from strategies.base import Federation, SyncStrategy
-from strategies.registry import STRATEGIES, describe, register, strategy_config
+from strategies.registry import STRATEGIES, describe, kind, register, strategy_config
 
 TESTS = Path(__file__).parents[1]
-STRATEGY_SOURCES = sorted((TESTS.parent / "strategies").glob("*.py"))
+STRATEGY_SOURCES = sorted((TESTS.parent / "strategies").rglob("*.py"))
 FORBIDDEN_IMPORTS = {"fl", "ray", "transport", "simulations", "grpc", "google"}
 
 
@@ -28,8 +29,14 @@ def test_every_strategy_is_guarded_by_a_test() -> None:
 def test_each_config_has_defaults_a_description_and_builds(name: str) -> None:
     config = strategy_config(name, {})
     strategy = config.build(Federation(num_clients=4, per_round=2, num_params=3, num_trainable=2))
-    assert dataclasses.is_dataclass(config) and isinstance(strategy, SyncStrategy)
+    assert dataclasses.is_dataclass(config) and isinstance(strategy, (SyncStrategy, AsyncStrategy))
     assert describe(name) and "\n" not in describe(name)
+    assert kind(name) == ("asynchronous" if isinstance(strategy, AsyncStrategy) else "synchronous")
+
+
+def test_the_asynchronous_strategies_are_marked_as_such() -> None:
+    assert {name for name in STRATEGIES if kind(name) == "asynchronous"} == {
+        "fedasync", "fedbuff", "fedfix", "async_fedavg", "fedcompass", "afa_cd", "afa_cs"}
 
 
 def test_unknown_strategy_names_the_allowed_ones() -> None:
