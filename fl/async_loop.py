@@ -210,7 +210,7 @@ class AsyncLoop:
         slots = self.concurrency - int(self.busy.sum())
         if slots <= 0:
             return
-        idle = np.flatnonzero(~self.busy)
+        idle = self._idle()
         self.fills += 1
         online = self.timing.online_idle(idle, now, self.fills)
         starts = self.strategy.select(now, online, slots, derive_rng(self.seed, ASYNC_SELECT, self.fills)) \
@@ -232,23 +232,36 @@ class AsyncLoop:
                 self.wake = when
                 self.queue.push(when, WAKE, -1)
 
+    def _idle(self) -> np.ndarray:
+        """The clients that could start a task: none in flight (or waiting to start), ascending."""
+        return np.flatnonzero(~self.busy)
+
     def _dispatch(self, start: Start, now: float) -> None:
         """Start a client's task on the current version: posted and placed on the clock, or failing midway."""
         client = start.client_id
-        self.tasks_started[client] += 1
-        number = int(self.tasks_started[client])
+        number = self._count_start(client, now)
         attempt = self.timing.attempt(number, Instruction(client, dict(start.config)), now)
-        self._log(now, "start", client)
         if attempt.fails_at is not None:
             self.flights[client] = Flight(None, now)
             self.queue.push(now + attempt.fails_at, DROP, client)
             return
-        task = Task(TRAIN, self.version, client, derive_seed(self.seed, number, client, TRAINING), dict(start.config))
-        self.flights[client] = Flight(task, now, self.runner.post(task))
+        self._post(start, number, now)
         self.timing.downloaded([client])
-        self.snapshots.setdefault(self.version, [self.params, 0])[1] += 1
         self.pending.append(client)
         self.queue.push(now + attempt.seconds, ARRIVE, client)
+
+    def _count_start(self, client: int, now: float) -> int:
+        """Log a client's start; returns which of its tasks this is (1, 2, ...)."""
+        self.tasks_started[client] += 1
+        self._log(now, "start", client)
+        return int(self.tasks_started[client])
+
+    def _post(self, start: Start, number: int, now: float) -> None:
+        """Post a client's task on the current version, seeded as its task in round `number` of a synchronous run."""
+        client = start.client_id
+        task = Task(TRAIN, self.version, client, derive_seed(self.seed, number, client, TRAINING), dict(start.config))
+        self.flights[client] = Flight(task, now, self.runner.post(task))
+        self.snapshots.setdefault(self.version, [self.params, 0])[1] += 1
 
     def _train_pending(self) -> None:
         """Train every posted task that has not trained yet, in one batch; tasks that are already too stale to be

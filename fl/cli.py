@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--token", help="this client's token (see `fl token`), when the server requires tokens")
     client.add_argument("--root-cert", help="PEM certificate to trust, when the server uses TLS")
     client.add_argument("--timeout", type=float, default=120.0, help="seconds each call may take (default %(default)s)")
+    client.add_argument("--delay", type=float, default=0.0,
+                        help="seconds to wait before each task, to emulate a slower device (default 0)")
     client.add_argument("--replace", action="store_true",
                         help="take over this client id from a live session (a process that still runs with it)")
     token = commands.add_parser("token", help="print a client's token, derived from the server's secret")
@@ -80,7 +82,7 @@ def _client(args: argparse.Namespace) -> int:
 
     with FederationClient(args.server, client_id=args.client_id, token=args.token, root_cert_path=args.root_cert,
                           timeout_seconds=args.timeout) as connection:
-        run_client(connection, args.client_id, replace=args.replace)
+        run_client(connection, args.client_id, replace=args.replace, delay=args.delay)
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
+import grpc
 from torch import Tensor
 
 from fl.config import load_config_text
@@ -75,8 +76,15 @@ def client_worker(connection: FederationClient, client_id: int, replace: bool = 
     return Worker(setup, ClientEndpoint(connection, make_codec(config.transport.downlink)))
 
 
-def run_client(connection: FederationClient, client_id: int, log: Any = sys.stderr, replace: bool = False) -> int:
-    """Serve tasks for `client_id` until the server says the run is over; returns how many tasks ran."""
+def _withdrawn(error: grpc.RpcError) -> bool:
+    """A refusal that means the server no longer wants the task (an asynchronous server withdrew a stale one)."""
+    return error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+
+
+def run_client(connection: FederationClient, client_id: int, log: Any = sys.stderr, replace: bool = False,
+               delay: float = 0.0) -> int:
+    """Serve tasks for `client_id` until the server says the run is over; returns how many tasks ran. `delay`
+    seconds of waiting before each task emulate a slower device."""
     worker = client_worker(connection, client_id, replace)
     print(f"client {client_id}: joined", file=log, flush=True)
     done = 0
@@ -84,7 +92,16 @@ def run_client(connection: FederationClient, client_id: int, log: Any = sys.stde
         if pulled == WAIT:
             continue
         start = time.perf_counter()
-        worker.run(pulled)
+        if delay:
+            time.sleep(delay)
+        try:
+            worker.run(pulled)
+        except grpc.RpcError as error:
+            if not _withdrawn(error):
+                raise
+            print(f"client {client_id}: the server withdrew task {pulled.task_id} (version {pulled.task.version} "
+                  f"is too stale for it)", file=log, flush=True)
+            continue
         done += 1
         print(f"client {client_id}: {pulled.task.kind} task of version {pulled.task.version} "
               f"in {time.perf_counter() - start:.2f} s", file=log, flush=True)

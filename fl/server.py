@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl.async_deploy import BoardTasks, RealTimeLoop
 from fl.async_loop import AsyncLoop
 from fl.async_server import PoolTasks, version_row
 from fl.clock import RoundSchedule
@@ -159,9 +160,15 @@ class Server:
         """Advance the asynchronous loop to its next published version (started on the first call)."""
         if self.loop is None:
             self.channel.keep_versions(self.strategy.max_staleness)
-            self.tasks = PoolTasks(self.channel, self.pool, self.store, self.decoder, self.sizes)
-            self.loop = AsyncLoop(self.strategy, self.setup.data.num_clients, self.global_params, self._publish_new,
-                                  self.tasks, self.timing, self.setup.seed, self.setup.max_virtual_seconds)
+            num_clients, seed, limit = self.setup.data.num_clients, self.setup.seed, self.setup.max_virtual_seconds
+            if self.channel.connected() is None:
+                self.tasks = PoolTasks(self.channel, self.pool, self.store, self.decoder, self.sizes)
+                self.loop = AsyncLoop(self.strategy, num_clients, self.global_params, self._publish_new, self.tasks,
+                                      self.timing, seed, limit)
+            else:  # deployed clients: the real clock
+                self.tasks = BoardTasks(self.channel, self.decoder)
+                self.loop = RealTimeLoop(self.strategy, num_clients, self.global_params, self._publish_new, self.tasks,
+                                         self.timing, seed, self.channel.settings.timeout_seconds, limit)
         record = self.loop.next_version()
         self.global_params = self.loop.params
         return version_row(round, record, *self.tasks.traffic(record))

@@ -42,6 +42,7 @@ class _Entry:
     result: Result | None = None
     receiving: bool = False  # a result is being read and decoded
     session: str = ""  # the session that pulled the task (deployed boards)
+    answered: int = 0  # the order in which results were stored (1, 2, ...)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class TaskBoard:
         self._open: Counter[int] = Counter()  # version -> tasks on the board that need it
         self._queues: dict[int, deque[int]] = {}  # client id -> ids of its tasks not yet pulled
         self._next_id = 1
+        self._answers = 0
         self._closed = False
 
     @property
@@ -209,6 +211,18 @@ class TaskBoard:
             if not self._lock.wait_for(lambda: self._entries[task_id].result is not None, timeout):
                 raise TimeoutError(f"no result for task {task_id} within {timeout} s")
             return self._remove(task_id).result
+
+    def take_first(self, task_ids: Collection[int], timeout: float) -> tuple[int, Result] | None:
+        """The first result stored for any of `task_ids`, its task forgotten; None if none came within `timeout`."""
+        def first() -> int | None:
+            answered = [t for t in task_ids if t in self._entries and self._entries[t].result is not None]
+            return min(answered, key=lambda t: self._entries[t].answered) if answered else None
+
+        with self._lock:
+            if not self._lock.wait_for(lambda: first() is not None, max(timeout, 0.0)):
+                return None
+            task_id = first()
+            return task_id, self._remove(task_id).result
 
     def cancel(self, task_id: int) -> None:
         """Withdraw a task that was never answered: its client no longer gets it, and a result for it is refused."""
@@ -343,6 +357,8 @@ class TaskBoard:
         with self._lock:
             entry = self._entries[task_id]
             entry.result, entry.receiving = result, False
+            self._answers += 1
+            entry.answered = self._answers
             self._unqueue(task_id, result.client_id)  # a result may answer a task its client never pulled
             self.traffic.add_up(result.client_id, up_bytes)
             self._lock.notify_all()

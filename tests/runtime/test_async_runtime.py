@@ -30,7 +30,7 @@ def test_fedbuff_with_the_whole_population_in_one_buffer_is_fedavg_bit_for_bit(t
     # Prepare: 6 clients of equal speed; FedBuff starts all, buffers all 6, sample weights normalised, server lr 1
     population = ("data.num_clients=6", "sampling.per_round=6", "rounds=3", *SAME_SPEED)
     fedbuff = ('strategy.name="fedbuff"', "strategy.concurrency=6", "strategy.buffer_size=6",
-               'strategy.weights="samples"', "strategy.normalize=true", 'strategy.staleness="constant"')
+               'strategy.weights="samples"', 'strategy.normalize="weights"', 'strategy.staleness="constant"')
     # Execute
     synchronous = run(tmp_path, *population)
     asynchronous = run(tmp_path, *population, *fedbuff)

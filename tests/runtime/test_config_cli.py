@@ -96,7 +96,7 @@ def test_public_cli_options_are_frozen():
     assert options == {
         "run": ["--address", "--help", "--quiet", "--set", "-h"],
         "server": ["--config", "--help", "--listen", "--quiet", "--set", "-h"],
-        "client": ["--client-id", "--help", "--replace", "--root-cert", "--server", "--timeout", "--token", "-h"],
+        "client": ["--client-id", "--delay", "--help", "--replace", "--root-cert", "--server", "--timeout", "--token", "-h"],
         "token": ["--client-id", "--help", "--secret-file", "-h"],
         "strategies": ["--help", "-h"],
         "plot": ["--help", "--out", "--x", "-h"],

@@ -28,7 +28,7 @@ def arrival(update: list[float] | torch.Tensor, num_samples: int = 1, staleness:
 
 def test_publishes_exactly_every_k_arrivals_the_sum_of_updates() -> None:
     # Prepare: K = 3, equal weights, no staleness scaling
-    strategy = FedBuffConfig(buffer_size=3, staleness="constant").build(FED)
+    strategy = FedBuffConfig(buffer_size=3, staleness="constant", normalize="sum").build(FED)
     updates = [[1.0, 2.0], [0.5, -1.0], [2.0, 0.0], [-1.0, -1.0], [0.0, 0.25], [0.5, 0.5]]
     global_params, published = torch.tensor([1.0, 1.0], dtype=torch.float64), []
     # Execute
@@ -45,12 +45,14 @@ def test_publishes_exactly_every_k_arrivals_the_sum_of_updates() -> None:
     [
         # weights 2 * 1 (2 samples, tau 0) and 4 * (1 + 3)^-0.5 = 2; sum 2 [1, -2] + 2 [4, 8] = [10, 12];
         # [0, 1] + 0.5 * [10, 12] = [5, 7]
-        (False, [5.0, 7.0]),
+        ("sum", [5.0, 7.0]),
         # mean [10, 12] / 4 = [2.5, 3]; [0, 1] + 0.5 * [2.5, 3] = [1.25, 2.5]
-        (True, [1.25, 2.5]),
+        ("weights", [1.25, 2.5]),
+        # the sum over K = 2 arrivals: [5, 6]; [0, 1] + 0.5 * [5, 6] = [2.5, 4]
+        ("count", [2.5, 4.0]),
     ],
 )
-def test_sample_and_staleness_weights(normalize: bool, expected: list[float]) -> None:
+def test_sample_and_staleness_weights(normalize: str, expected: list[float]) -> None:
     # Prepare
     config = FedBuffConfig(buffer_size=2, weights="samples", normalize=normalize, server_lr=0.5)
     strategy = config.build(FED)
@@ -69,7 +71,7 @@ def test_normalized_sample_weights_equal_fedavg_bit_for_bit(dtype: torch.dtype) 
     fed = Federation(num_clients=3, per_round=3, num_params=40, num_trainable=30, dtype=dtype)
     global_params = torch.randn(40, generator=gen, dtype=torch.float64).to(dtype)
     updates = [torch.randn(40, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3)]
-    config = FedBuffConfig(buffer_size=3, staleness="constant", weights="samples", normalize=True)
+    config = FedBuffConfig(buffer_size=3, staleness="constant", weights="samples", normalize="weights")
     strategy = config.build(fed)
     metrics = {"loss": 0.0, "steps": 1, "lr": 0.5}
     # Execute
@@ -102,7 +104,7 @@ def test_server_momentum_equals_plain_torch_sgd() -> None:
 def test_model_buffers_take_the_weighted_mean_of_their_deltas() -> None:
     # Prepare: 2 trainable entries and 1 buffer (e.g. a BatchNorm statistic)
     fed = Federation(num_clients=2, per_round=2, num_params=3, num_trainable=2, dtype=torch.float64)
-    strategy = FedBuffConfig(buffer_size=2, staleness="constant", server_lr=0.5).build(fed)
+    strategy = FedBuffConfig(buffer_size=2, staleness="constant", server_lr=0.5, normalize="sum").build(fed)
     global_params = torch.zeros(3, dtype=torch.float64)
     # Execute
     strategy.on_arrival(arrival([1.0, 1.0, 2.0]), global_params)
@@ -112,7 +114,7 @@ def test_model_buffers_take_the_weighted_mean_of_their_deltas() -> None:
 
 
 def test_zero_total_weight_publishes_the_global_model_unchanged() -> None:
-    strategy = FedBuffConfig(buffer_size=2, weights="samples", normalize=True).build(FED)
+    strategy = FedBuffConfig(buffer_size=2, weights="samples", normalize="weights").build(FED)
     global_params = torch.tensor([1.0, -1.0], dtype=torch.float64)
     strategy.on_arrival(arrival([5.0, 5.0], num_samples=0), global_params)
     assert strategy.on_arrival(arrival([7.0, 7.0], num_samples=0), global_params).tolist() == [1.0, -1.0]
@@ -154,7 +156,7 @@ def test_bad_options_raise_one_line_errors(options: dict, message: str) -> None:
 
 def test_trace_with_a_buffer_of_two() -> None:
     # Prepare: centers 0 and 10, 1 and 3 seconds per step, one GD step with lr 0.5: update = 0.5 (c - x_start)
-    strategy = FedBuffConfig(concurrency=2, buffer_size=2, server_lr=0.5).build(TWO)
+    strategy = FedBuffConfig(concurrency=2, buffer_size=2, server_lr=0.5, normalize="sum").build(TWO)
     # Execute
     trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=3, x0=4.0)
     # Assert: t=1, 2 client 0 sends -2 twice (both from v0): x = 4 + 0.5 * -4 = 2 (v1); t=3 client 0 sends -1, then
@@ -196,5 +198,5 @@ def test_trace_drops_arrivals_staler_than_max_staleness() -> None:
 
 def test_registry_builds_the_config() -> None:
     # Passes once "fedbuff" is registered to FedBuffConfig.
-    config = strategy_config("fedbuff", {"buffer_size": 2, "normalize": True})
-    assert isinstance(config, FedBuffConfig) and config.buffer_size == 2 and config.normalize
+    config = strategy_config("fedbuff", {"buffer_size": 2, "normalize": "weights"})
+    assert isinstance(config, FedBuffConfig) and config.buffer_size == 2 and config.normalize == "weights"
