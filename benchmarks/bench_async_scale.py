@@ -188,6 +188,7 @@ def memory_child(scale: Scale, registered: int, trace: int) -> dict[str, Any]:
     config = run_config(scale, registered, "fedbuff", scale.versions)
     start = time.perf_counter()
     data = build_data(config.data, config.seed)
+    warm_up(scale, data)
     server = local_server(config, data)
     build_seconds = time.perf_counter() - start
     trim_heap()
@@ -228,9 +229,24 @@ def memory_child(scale: Scale, registered: int, trace: int) -> dict[str, Any]:
 
 
 def in_child(function: Any, *args: Any) -> Any:
-    """`function(*args)` in a fresh spawned process."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    """`function(*args)` in a fresh process: forked from a fork server that only imported the modules (so no peak
+    or heap of this process or of another child carries over), or spawned where there is no fork server."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["torch", "fl.simulation", "fl.server"])  # imports once, not per child
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
+
+
+def warm_up(scale: Scale, data: Any) -> None:
+    """One throwaway FedAvg round of one client: torch's lazy imports and first-call costs happen here, neither in
+    a baseline nor in a timed run."""
+    config = run_config(scale, data.num_clients, "fedavg", 1)
+    config.sampling.per_round = 1
+    server = local_server(config, data)
+    server.run_round(1)
+    server.close()
 
 
 def bench_memory(scale: Scale, trace: int) -> list[dict[str, Any]]:
@@ -356,6 +372,7 @@ def throughput_child(scale: Scale, backend: str, workers: int, repeats: int, pro
     torch.set_num_threads(1)
     sync = run_config(scale, scale.clients, "fedavg", scale.rounds, backend, workers)
     data = build_data(sync.data, sync.seed)
+    warm_up(scale, data)
     if backend == "ray":
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         from fl.ray_runtime import init_ray

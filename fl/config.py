@@ -21,7 +21,7 @@ from fl.training import OPTIMIZERS, UPDATE_DTYPES, TrainConfig
 from fl.worker import DEVICES
 from simulations.partitions import PARTITIONERS
 from simulations.profiles import sample_profiles
-from strategies.registry import strategy_config
+from strategies.registry import kind, strategy_config
 from transport.codecs.registry import make_codec
 
 DATASETS = ("synthetic", "digits")
@@ -285,6 +285,11 @@ def validate(config: RunConfig) -> None:
         strategy_config(config.strategy.name, config.strategy.options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    _require(config.max_virtual_seconds >= 0, f"max_virtual_seconds must be >= 0, got {config.max_virtual_seconds}")
+    if kind(config.strategy.name) == "asynchronous":
+        _require(sampling.deadline == 0 and sampling.over_select == 1,
+                 f"sampling.deadline and sampling.over_select shape synchronous rounds; the asynchronous strategy "
+                 f"{config.strategy.name!r} starts clients itself (see its concurrency option)")
     validate_transport(config.transport)
 
 

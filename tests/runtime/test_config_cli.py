@@ -38,6 +38,7 @@ def test_overrides_reach_nested_sections_and_strategy_options():
         ("strategy.server_lr=oops", "server_lr"),
         ("rounds=2.5", "rounds must be int"),
         ("strategy.wrong_option=1", "wrong_option"),
+        ("max_virtual_seconds=-1", "max_virtual_seconds must be >= 0"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_key(override, message):
@@ -46,6 +47,11 @@ def test_bad_values_raise_one_line_errors_naming_the_key(override, message):
 
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_an_asynchronous_strategy_refuses_synchronous_round_settings():
+    with pytest.raises(ConfigError, match="sampling.deadline and sampling.over_select shape synchronous rounds"):
+        load_config(QUICKSTART, ["strategy.name=fedbuff", "sampling.deadline=5"])
 
 
 def test_unknown_strategy_error_lists_the_allowed_names():
@@ -74,7 +80,9 @@ def test_cli_lists_every_strategy_with_a_description():
     assert completed.returncode == 0
     lines = completed.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(STRATEGIES)
-    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)
+    assert all(len(line.split(maxsplit=2)) == 3 for line in lines)
+    kinds = {line.split()[0]: line.split()[1] for line in lines}
+    assert kinds["fedavg"] == "synchronous" and kinds["fedbuff"] == kinds["fedcompass"] == "asynchronous"
 
 
 def test_cli_runs_a_small_simulation_and_plots_it(tmp_path):
