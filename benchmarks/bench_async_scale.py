@@ -140,7 +140,7 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     if isinstance(obj, torch.Tensor):
         return sys.getsizeof(obj) + obj.numel() * obj.element_size()
     if isinstance(obj, np.ndarray):
-        return sys.getsizeof(obj) + (obj.nbytes if obj.base is None else 0)
+        return sys.getsizeof(obj)  # with its data when it owns it
     size = sys.getsizeof(obj)
     if isinstance(obj, dict):
         size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
@@ -220,7 +220,9 @@ def memory_child(scale: Scale, registered: int, trace: int) -> dict[str, Any]:
         "peak_beyond_mb": ((hwm if peak_reset and hwm else maxrss_run) - (rss_build or maxrss_build)) / 1024,
         "peak_reset": peak_reset,
         "growth_mb": ((rss_run or 0) - (rss_build or 0)) / 1024,
-        "maxrss_delta_mb": (maxrss_run - maxrss_build) / 1024,
+        "maxrss_build_mb": maxrss_build / 1024,
+        # what ru_maxrss after the run minus ru_maxrss after the build reads without the reset (the reset lowers it)
+        "maxrss_delta_mb": (max(maxrss_build, hwm or maxrss_run) - maxrss_build) / 1024,
         "inventory": inventory(server, rows),
         "trace": top,
     }
@@ -255,22 +257,28 @@ def bench_memory(scale: Scale, trace: int) -> list[dict[str, Any]]:
           f"one fresh process each ==")
     runs = [in_child(memory_child, scale, registered, trace) for registered in scale.registered]
     base = runs[0]
-    print(f"{'registered':>10}{'data MB':>9}{'RSS built MB':>13}{'peak beyond MB':>15}{'x base':>8}"
-          f"{'RSS growth MB':>14}{'ru_maxrss d MB':>15}{'applied':>9}{'stale':>7}{'build s':>8}{'run s':>7}")
+    print(f"{'registered':>10}{'data MB':>9}{'build peak MB':>14}{'RSS built MB':>13}{'peak beyond MB':>15}"
+          f"{'x base':>8}{'RSS growth MB':>14}{'ru_maxrss d MB':>15}{'applied':>9}{'stale':>7}{'build s':>8}"
+          f"{'run s':>7}")
     for r in runs:
         ratio = r["peak_beyond_mb"] / base["peak_beyond_mb"] if base["peak_beyond_mb"] > 0 else float("nan")
-        print(f"{r['registered']:>10,}{r['data_mb']:>9.0f}{r['rss_build_mb']:>13.0f}{r['peak_beyond_mb']:>15.1f}"
-              f"{ratio:>8.2f}{r['growth_mb']:>14.1f}{r['maxrss_delta_mb']:>15.1f}{r['applied']:>9}"
-              f"{r['staleness']:>7.2f}{r['build_s']:>8.1f}{r['run_s']:>7.1f}")
+        print(f"{r['registered']:>10,}{r['data_mb']:>9.0f}{r['maxrss_build_mb']:>14.0f}{r['rss_build_mb']:>13.0f}"
+              f"{r['peak_beyond_mb']:>15.1f}{ratio:>8.2f}{r['growth_mb']:>14.1f}{r['maxrss_delta_mb']:>15.1f}"
+              f"{r['applied']:>9}{r['staleness']:>7.2f}{r['build_s']:>8.1f}{r['run_s']:>7.1f}")
     for r in runs[1:]:
         extra = r["registered"] - base["registered"]
         print(f"beyond the baseline: {extra:,} more registered clients cost "
               f"{(r['peak_beyond_mb'] - base['peak_beyond_mb']) * 2**20 / extra:+.0f} B each of peak RSS in the run "
               f"(RSS growth {(r['growth_mb'] - base['growth_mb']) * 2**20 / extra:+.0f} B each)")
+    print("data MB: the data set's arrays (the workers hold a torch copy). build peak: ru_maxrss after building data "
+          "and server. RSS built: RSS after the build, the heap trimmed (the baseline). peak beyond: the peak RSS "
+          "while running minus the baseline. RSS growth: RSS after the run minus the baseline. ru_maxrss d: ru_maxrss "
+          "after the run minus ru_maxrss after the build (0 when building peaked higher than running).")
     if not base["peak_reset"]:
         print("(no /proc/self/clear_refs here: 'peak beyond' is ru_maxrss after the run minus RSS after the build)")
     print("\nWhat the server holds after the run (entries, KB), counted from its objects; 'build' structures exist "
-          "before the baseline, 'run' ones are made or grow during it:")
+          "before the baseline, 'run' ones are made or grow during it. B/registered: the bytes of the last "
+          "configuration minus the first's, per extra registered client:")
     names = [name for name, *_ in base["inventory"]]
     header = "".join(f"{f'{n:,} entries':>15}{'KB':>10}" for n in scale.registered)
     print(f"{'structure':<38}{'made':>6}{header}{'B/registered':>14}")
@@ -346,7 +354,7 @@ def timed_run(config: RunConfig, data: Any, label: str, profile: int = 0) -> tup
             wall = time.perf_counter() - start
     staleness = [r["staleness_mean"] for r in rows if r.get("staleness_mean") is not None]
     run = Run(label, wall, len(rows), sum(r["clients"] for r in rows), counter[0] if counter else None,
-              sum(staleness) / len(staleness) if staleness else None)
+              sum(staleness) / len(staleness) if staleness else None, {"first": rows[0]["wall_seconds"]})
     return run, text
 
 
@@ -403,7 +411,7 @@ def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repe
     print(f"\n== Throughput: {scale.clients:,} registered clients, {scale.rounds} versions (FedBuff) or rounds "
           f"(FedAvg), {scale.steps} local steps per update, MLP 60-{scale.hidden}-10, compute {COMPUTE} ==")
     print(f"{'backend':<16}{'run':<36}{'wall s':>8}{'applied':>9}{'trained':>9}{'applied/s':>11}{'trained/s':>11}"
-          f"{'x sync':>8}{'stale':>7}")
+          f"{'x sync':>8}{'stale':>7}{'1st row s':>10}")
     profiles = ""
     for backend in backends:
         where = "local" if backend == "local" else f"Ray, {workers} workers"
@@ -416,7 +424,7 @@ def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repe
             trained, per_s = (f"{r.trained}", f"{r.trained / r.wall:.1f}") if r.trained is not None else ("-", "-")
             stale = f"{r.staleness:.2f}" if r.staleness is not None else "-"
             print(f"{where:<16}{r.label:<36}{r.wall:>8.2f}{r.applied:>9}{trained:>9}{rate:>11.1f}{per_s:>11}"
-                  f"{rate / base_rate:>8.2f}{stale:>7}")
+                  f"{rate / base_rate:>8.2f}{stale:>7}{r.extra['first']:>10.2f}")
         asyncs = [r for r in runs if r.label.startswith("FedBuff")]
         ratios = [(a.applied / a.wall) / (s.applied / s.wall) for a, s in zip(asyncs, base)]
         line = f"{where}: async/sync applied updates per second {min(ratios):.2f}"
@@ -426,7 +434,9 @@ def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repe
             line += f"; trained tasks per second {min(work):.2f}" + (f"..{max(work):.2f}" if len(work) > 1 else "")
         print(line)
     print("applied: updates the server consumed (rows' clients); trained: tasks the pool ran. x sync: applied/s "
-          "against the mean FedAvg applied/s of the same backend. stale: mean staleness of the applied updates.")
+          "against the mean FedAvg applied/s of the same backend. stale: mean staleness of the applied updates. "
+          "1st row s: the first round's or version's seconds (FedBuff's first version trains every task in flight; "
+          "on Ray it also holds the fresh worker actors' one-off first-training cost).")
     if profiles:
         print(profiles)
 

@@ -87,6 +87,18 @@ class StrategySection:
 
 
 @dataclass
+class TopologySection:
+    """The graph of a decentralized (gossip) run and its mixing weights (simulations/topologies.py)."""
+
+    name: str = "ring"  # ring | torus | complete | star | regular | erdos_renyi | exponential | one_peer_exponential |
+    #                     directed_exponential | edge_list
+    weights: str = "metropolis"  # metropolis | uniform
+    engine: str = "auto"  # auto | vectorized (every node in one batched step) | nodes (one node at a time)
+    independent_init: bool = False  # every node draws its own initial model
+    options: dict[str, Any] = field(default_factory=dict)  # the graph's own settings, e.g. degree, p, rows, file
+
+
+@dataclass
 class EvalConfig:
     every: int = 1  # central test set every N rounds; 0: after the last round only
     federated_every: int = 0  # clients evaluate on their own test splits every N rounds; 0: never
@@ -137,6 +149,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    topology: TopologySection = field(default_factory=TopologySection)
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -156,7 +169,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{prefix}{key}"
-        if cls is StrategySection and key != "name":
+        if cls is StrategySection and key != "name" or cls is TopologySection and key not in allowed:
             kwargs.setdefault("options", {})[key] = value
             continue
         if key not in allowed:
@@ -176,6 +189,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     strategy = out["strategy"]
     out["strategy"] = {"name": strategy["name"], **strategy["options"]}
+    topology = out["topology"]
+    out["topology"] = {key: value for key, value in topology.items() if key != "options"} | topology["options"]
     return out
 
 

@@ -64,6 +64,9 @@ class RunWriter:
         lines = [json.dumps({"round": r, "time": t, "kind": kind, "client": c}) for r, t, kind, c in events]
         (self.path / "events.jsonl").write_text("".join(line + "\n" for line in lines))
 
+    def write_json(self, name: str, values: dict[str, Any]) -> None:
+        (self.path / name).write_text(json.dumps(values) + "\n")
+
     def write_staleness(self, counts: dict[int, int]) -> None:
         """staleness.json (applied updates per staleness) and staleness.png, its histogram."""
         (self.path / "staleness.json").write_text(json.dumps({str(k): v for k, v in counts.items()}) + "\n")

@@ -17,6 +17,7 @@ DROPOUT = DEVICES + 2  # whether and when a client's task fails: derive_seed(see
 # (training, dropout), and each time it fills free slots (the k-th time, k = 1, 2, ...) it draws
 ASYNC_ONLINE = DEVICES + 3  # who of the idle clients is online: derive_seed(seed, ASYNC_ONLINE, k)
 ASYNC_SELECT = DEVICES + 4  # the strategy's choice among them: derive_seed(seed, ASYNC_SELECT, k)
+TOPOLOGY = DEVICES + 5  # a random gossip graph (regular, Erdos-Renyi): derive_seed(seed, TOPOLOGY)
 
 
 def derive_seed(*keys: int) -> int:

@@ -16,6 +16,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
+from fl.gossip_sim import GossipRun, gossip_setup
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -30,7 +31,7 @@ from fl.worker import Worker
 from simulations.availability import availability_probabilities
 from simulations.federated_data import FederatedData
 from simulations.profiles import sample_profiles
-from strategies.registry import strategy_config
+from strategies.registry import kind, strategy_config
 from transport.grpc_server import ServerLimits
 from transport.inprocess import InProcessChannel
 
@@ -136,6 +137,17 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
         yield call
 
 
+@contextmanager
+def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterator[Callable[..., Any]]:
+    """`call(method, *args)` on what runs the rounds: a server, or a decentralized run's nodes (in this process)."""
+    if kind(config.strategy.name) == "decentralized":
+        with _calling(GossipRun(gossip_setup(config, data, model_fn))) as call:
+            yield call
+        return
+    with start_server(config, server_setup(config, data, model_fn)) as call:
+        yield call
+
+
 def run_simulation(
     config: RunConfig,
     *,
@@ -157,7 +169,7 @@ def run_simulation(
     history: list[dict[str, Any]] = []
     round_seconds: list[float] = []
     try:
-        with start_server(config, server_setup(config, data, model_fn)) as call:
+        with _start(config, data, model_fn) as call:
             startup = time.perf_counter() - start
             with RoundProgress(config.rounds, config.name, console) as progress:
                 for round in range(1, config.rounds + 1):
@@ -172,7 +184,10 @@ def run_simulation(
                         break
             global_params, spec, events = call("get_global"), call("get_spec"), call("get_events")
             staleness = call("get_staleness")
+            edges = call("get_edge_bytes") if kind(config.strategy.name) == "decentralized" else {}
         if writer:
+            if edges:
+                writer.write_json("edges.json", edges)
             writer.write_model(spec, global_params)
             if config.devices.spec() or staleness:
                 writer.write_events(events)

@@ -100,9 +100,13 @@ class LocalTrainer:
         self.model.train()
         loss_sum, steps = torch.zeros((), device=self.device), 0
         for index in batch_indices(len(y), config, generator, self.device):
-            self.flat.grad.zero_()
-            loss = F.cross_entropy(self.model(x[index]), y[index])
-            loss.backward()
+            loss = self._gradient(x[index], y[index])
+            shift = hook.perturbation(self.flat.parameter.data, self.flat.grad)
+            if shift is not None:  # SAM: the gradient at the perturbed point, on the same batch
+                point = self.flat.parameter.data.clone()
+                self.flat.parameter.data.add_(shift)
+                self._gradient(x[index], y[index])
+                self.flat.parameter.data.copy_(point)
             hook.on_gradient(self.flat.parameter.data, self.flat.grad)
             optimizer.step()
             loss_sum += loss.detach()
@@ -111,6 +115,13 @@ class LocalTrainer:
         dtype = UPDATE_DTYPES[config.update_dtype]
         update = self.flat.flatten().to(dtype) - global_params.to(dtype)
         return TrainOutcome(update.cpu(), float(loss_sum) / max(steps, 1), steps, finished.state, finished.tensors)
+
+    def _gradient(self, x: Tensor, y: Tensor) -> Tensor:
+        """The mini-batch loss; its gradient lands in the flat gradient buffer."""
+        self.flat.grad.zero_()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        return loss
 
 
 @torch.no_grad()

@@ -74,6 +74,11 @@ class HookResult:
 class ClientHook:
     """Changes the local step of one client. The default changes nothing."""
 
+    def perturbation(self, params: Tensor, grad: Tensor) -> Tensor | None:
+        """A point to take the gradient at instead: the trainer recomputes the loss and gradient on the same
+        mini-batch at params + the returned tensor (SAM), then restores params. None (the default): no second pass."""
+        return None
+
     def on_gradient(self, params: Tensor, grad: Tensor) -> None:
         """Adjust `grad` (flat, trainable entries) in place before the optimizer step."""
 

@@ -1,5 +1,5 @@
-"""The strategies by name, synchronous and asynchronous: one explicit dict of config classes, no import-time
-registration.
+"""The strategies by name, synchronous, asynchronous and decentralized: one explicit dict of config classes, no
+import-time registration.
 
 A config class is a dataclass with defaults, a docstring whose first line describes it, and `build(federation)`.
 Plug-ins add theirs with `register` (to this dict or to a copy of it).
@@ -23,6 +23,11 @@ from strategies.fedau import FedAUConfig
 from strategies.fedavg import FedAvgConfig
 from strategies.fedopt import FedAdagradConfig, FedAdamConfig, FedAvgMConfig, FedYogiConfig
 from strategies.fedprox import FedProxConfig
+from strategies.gossip.choco import ChocoConfig
+from strategies.gossip.dfedsam import DFedSAMConfig, DFedSAMMGSConfig
+from strategies.gossip.dpsgd import DPSGDConfig
+from strategies.gossip.pushsum import PushSumConfig
+from strategies.gossip.variance import VarianceCorrectedConfig
 from strategies.scaffold import ScaffoldConfig
 
 STRATEGIES: dict[str, type] = {
@@ -43,6 +48,12 @@ STRATEGIES: dict[str, type] = {
     "fedcompass": FedCompassConfig,
     "afa_cd": AFACDConfig,
     "afa_cs": AFACSConfig,
+    "dpsgd": DPSGDConfig,
+    "dfedsam": DFedSAMConfig,
+    "dfedsam_mgs": DFedSAMMGSConfig,
+    "pushsum": PushSumConfig,
+    "choco": ChocoConfig,
+    "variance_corrected": VarianceCorrectedConfig,
 }
 
 
@@ -67,8 +78,11 @@ def describe(name: str, registry: dict[str, type] = STRATEGIES) -> str:
 
 
 def kind(name: str, registry: dict[str, type] = STRATEGIES) -> str:
-    """"synchronous" or "asynchronous": what the strategy's defaults build."""
-    strategy = _lookup(name, registry)().build(Federation(num_clients=4, per_round=2, num_params=2, num_trainable=2))
+    """"synchronous", "asynchronous" or "decentralized" (a gossip strategy's config is marked `decentralized`)."""
+    config_cls = _lookup(name, registry)
+    if getattr(config_cls, "decentralized", False):
+        return "decentralized"
+    strategy = config_cls().build(Federation(num_clients=4, per_round=2, num_params=2, num_trainable=2))
     return "asynchronous" if isinstance(strategy, AsyncStrategy) else "synchronous"
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from strategies.asynchronous.base import AsyncStrategy
 from strategies.base import Federation, SyncStrategy
+from strategies.gossip.base import GossipStrategy, Layout, Network
 from strategies.registry import STRATEGIES, describe, kind, register, strategy_config
 
 TESTS = Path(__file__).parents[1]
@@ -25,22 +26,32 @@ def test_every_strategy_is_guarded_by_a_test() -> None:
     assert untested == []
 
 
+NETWORK = Network(num_nodes=4, num_params=3, num_trainable=2,
+                  layout=Layout(("w", "b"), (0, 2), (2, 1), (True, False)))
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_each_config_has_defaults_a_description_and_builds(name: str) -> None:
     config = strategy_config(name, {})
-    strategy = config.build(Federation(num_clients=4, per_round=2, num_params=3, num_trainable=2))
-    assert dataclasses.is_dataclass(config) and isinstance(strategy, (SyncStrategy, AsyncStrategy))
+    if kind(name) == "decentralized":
+        assert isinstance(config.build(NETWORK), GossipStrategy)
+    else:
+        strategy = config.build(Federation(num_clients=4, per_round=2, num_params=3, num_trainable=2))
+        assert isinstance(strategy, (SyncStrategy, AsyncStrategy))
+        assert kind(name) == ("asynchronous" if isinstance(strategy, AsyncStrategy) else "synchronous")
+    assert dataclasses.is_dataclass(config)
     assert describe(name) and "\n" not in describe(name)
-    assert kind(name) == ("asynchronous" if isinstance(strategy, AsyncStrategy) else "synchronous")
 
 
 def test_the_asynchronous_strategies_are_marked_as_such() -> None:
     assert {name for name in STRATEGIES if kind(name) == "asynchronous"} == {
         "fedasync", "fedbuff", "fedfix", "async_fedavg", "fedcompass", "afa_cd", "afa_cs"}
+    assert {name for name in STRATEGIES if kind(name) == "decentralized"} == {
+        "dpsgd", "dfedsam", "dfedsam_mgs", "pushsum", "choco", "variance_corrected"}
 
 
 def test_unknown_strategy_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown strategy 'fedsgd'; allowed: .*diloco, fedadagrad") as err:
+    with pytest.raises(ValueError, match=r"unknown strategy 'fedsgd'; allowed: .*diloco, dpsgd, fedadagrad") as err:
         strategy_config("fedsgd", {})
     assert "\n" not in str(err.value)
 

@@ -1,0 +1,232 @@
+"""A decentralized simulation: no server; every node trains from its own parameters and gossips over a topology.
+
+All node parameters are one [nodes, params] tensor. Each round every node trains locally (node i's task of round r
+is seeded as client i's task in round r of a synchronous run), then `fl.gossip.gossip_round` runs the strategy's
+gossip steps over the topology's mixing matrix. Two engines train the nodes: "vectorized" (every node at once with
+one vmapped step, `fl/batched_training.py`) and "nodes" (one `LocalTrainer` run per node, through the strategy's
+client hook); "auto" takes the vectorized one when the model, the optimizer and the strategy allow it. Messages are
+counted per directed edge, in bytes (a compressing strategy's payload size, else the message's own size).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fl.batched_training import BatchedTrainer, batchable
+from fl.gossip import gossip_round
+from fl.models import ModelFn
+from fl.params import ParamSpec
+from fl.seeding import INIT, TOPOLOGY, TRAINING, derive_seed
+from fl.training import LocalTrainer, TrainConfig, evaluate
+from fl.worker import as_tensor
+from simulations.federated_data import FederatedData
+from simulations.topologies import Topology, parse_topology
+from strategies.base import ClientHook
+from strategies.gossip.base import Layout, Network
+from strategies.registry import strategy_config
+from transport.codecs.base import Codec
+from transport.codecs.registry import make_codec
+
+ENGINES = ("auto", "vectorized", "nodes")
+
+
+class CodecCompressor:
+    """A transport codec as the strategies' `Compressor`: encode, decode, and the payload's bytes."""
+
+    def __init__(self, codec: Codec, seed: int) -> None:
+        self.codec, self.seed = codec, seed
+        self.sent: dict[int, int] = {}  # node -> bytes of its last compressed message
+
+    def compress(self, tensor: Tensor, node: int, round: int) -> tuple[Tensor, int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, round, node))
+        payload, _ = self.codec.encode(tensor.detach().contiguous(), {}, generator)
+        decoded, _ = self.codec.decode(payload, {})
+        self.sent[node] = payload.nbytes()
+        return decoded.to(tensor.dtype), payload.nbytes()
+
+
+@dataclass
+class GossipSetup:
+    model_fn: ModelFn
+    data: FederatedData
+    strategy: Any  # a gossip strategy's config (build(network[, compressor]))
+    train_config: TrainConfig
+    topology: Topology
+    seed: int = 0
+    engine: str = "auto"
+    independent_init: bool = False  # every node draws its own initial model (else all start from one)
+    codec: Codec | None = None  # for a strategy that compresses its messages
+    eval_every: int = 1  # evaluate the averaged and the node models every N rounds (0: only when asked)
+
+
+class GossipRun:
+    def __init__(self, setup: GossipSetup) -> None:
+        self.setup, data = setup, setup.data
+        self.num_nodes = data.num_clients
+        torch.manual_seed(derive_seed(setup.seed, INIT))
+        self.model = setup.model_fn()
+        self.spec = ParamSpec.from_module(self.model)
+        self.params = self._initial_params()
+        self.compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
+        self.strategy = self._build_strategy()
+        self.states = [self.strategy.initial_state(i, self.params[i]) for i in range(self.num_nodes)]
+        device = torch.device("cpu")
+        x, y = as_tensor(data.x, device), as_tensor(data.y, device)
+        self.shards = [(x[data.offsets[i]:data.offsets[i + 1]], y[data.offsets[i]:data.offsets[i + 1]])
+                       for i in range(self.num_nodes)]
+        self.test_x, self.test_y = as_tensor(data.test_x, device), as_tensor(data.test_y, device)
+        self.engine = self._choose_engine()
+        self.batched = BatchedTrainer(setup.model_fn(), device) if self.engine == "vectorized" else None
+        self.trainer = LocalTrainer(setup.model_fn(), device) if self.engine == "nodes" else None
+        self.edge_bytes: dict[tuple[int, int], int] = defaultdict(int)
+        self.spectral_gap = setup.topology.spectral_gap()
+
+    def _initial_params(self) -> Tensor:
+        first = self.spec.flatten(self.model).detach()
+        if not self.setup.independent_init:
+            return first.repeat(self.num_nodes, 1)
+        rows = [first]
+        for node in range(1, self.num_nodes):
+            torch.manual_seed(derive_seed(self.setup.seed, INIT, node))
+            rows.append(self.spec.flatten(self.setup.model_fn()).detach())
+        return torch.stack(rows)
+
+    def _build_strategy(self) -> Any:
+        spec = self.spec
+        layout = Layout(tuple(e.name for e in spec.entries), tuple(e.offset for e in spec.entries),
+                        tuple(e.numel for e in spec.entries), tuple(e.trainable for e in spec.entries))
+        network = Network(self.num_nodes, spec.num_params, spec.num_trainable, layout, self.params.dtype)
+        build = self.setup.strategy.build
+        if "compressor" in inspect.signature(build).parameters:
+            return build(network, compressor=self.compressor)
+        return build(network)
+
+    def _choose_engine(self) -> str:
+        engine, why = self.setup.engine, batchable(self.model, self.setup.train_config)
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of: {', '.join(ENGINES)}")
+        if self.strategy.client_algorithm is not None:
+            why = why or "the strategy changes the local step (its client hook runs node by node)"
+        if engine == "vectorized" and why:
+            raise ValueError(f"the vectorized engine cannot train this run: {why}")
+        return "nodes" if engine == "nodes" or why else "vectorized"
+
+    def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
+        """Train every node, gossip, and report the round; evaluate every `eval_every` rounds and when asked."""
+        start = time.perf_counter()
+        metrics = self._round(round)
+        every = self.setup.eval_every
+        if evaluate_now or (every > 0 and round % every == 0):
+            metrics.update(self.evaluate())
+        metrics["wall_seconds"] = time.perf_counter() - start
+        return metrics
+
+    def get_global(self) -> Tensor:
+        """The average of the node models: what the run's `model.pt` holds."""
+        return self.node_models().to(torch.float64).mean(0).to(self.params.dtype)
+
+    def get_spec(self) -> ParamSpec:
+        return self.spec
+
+    def get_events(self) -> list:
+        return []
+
+    def get_staleness(self) -> dict[int, int]:
+        return {}
+
+    def get_edge_bytes(self) -> dict[str, int]:
+        """Bytes sent along each directed edge so far, keyed "sender->receiver"."""
+        return {f"{s}->{r}": n for (s, r), n in sorted(self.edge_bytes.items())}
+
+    def close(self) -> None:
+        """Nothing to release: a decentralized run lives in this process."""
+
+    def _round(self, round: int) -> dict[str, Any]:
+        self.strategy.begin_round(round)
+        before = self.params
+        starts = torch.stack([self.strategy.train_from(i, before[i], self.states[i]) for i in range(self.num_nodes)])
+        updates, losses = self._train(round, starts)
+        trained = (before.to(torch.float64) + updates.to(torch.float64)).to(before.dtype)
+        self._round_bytes = 0
+        self.params = gossip_round(self.strategy, round, before, trained, self.setup.topology.mixing, self.states,
+                                   self._carry)
+        if not torch.isfinite(self.params).all():
+            raise FloatingPointError(f"round {round}: a node's model holds NaN or Inf (try a smaller learning rate)")
+        sizes = torch.as_tensor(self.setup.data.train_sizes(), dtype=torch.float64)
+        metrics: dict[str, Any] = {
+            "round": round, "clients": self.num_nodes,
+            "train_loss": float((losses.double() * sizes).sum() / sizes.sum()),
+            "bytes_up": self._round_bytes, "bytes_down": self._round_bytes,
+            "consensus_distance": self.consensus_distance(), "virtual_time": 0.0,
+        }
+        if round == 1:
+            metrics["spectral_gap"] = self.spectral_gap
+        return metrics
+
+    def _train(self, round: int, starts: Tensor) -> tuple[Tensor, Tensor]:
+        config = self.setup.train_config.with_overrides(self.strategy.train_config(round))
+        seeds = [derive_seed(self.setup.seed, round, node, TRAINING) for node in range(self.num_nodes)]
+        if self.batched is not None:
+            return self.batched.train(starts, self.shards, config, seeds)
+        updates, losses = [], []
+        algorithm, num_trainable = self.strategy.client_algorithm, self.spec.num_trainable
+        for node, ((x, y), seed) in enumerate(zip(self.shards, seeds)):
+            hook = ClientHook() if algorithm is None else algorithm.start(starts[node][:num_trainable], {}, {})
+            outcome = self.trainer.train(starts[node], x, y, config, seed, hook)
+            updates.append(outcome.update)
+            losses.append(outcome.loss)
+        return torch.stack(updates), torch.tensor(losses)
+
+    def _carry(self, messages: Tensor, round: int, step: int) -> Tensor:
+        """Count each message once per directed edge it crosses (the payload size when it was compressed)."""
+        plain = messages[0].numel() * messages.element_size()
+        sent = self.compressor.sent if self.compressor is not None and self.compressor.sent else {}
+        for sender, receiver in self.setup.topology.edges(round, step):
+            size = sent.get(sender, plain)
+            self.edge_bytes[(sender, receiver)] += size
+            self._round_bytes += size
+        if self.compressor is not None:
+            self.compressor.sent = {}
+        return messages
+
+    def node_models(self) -> Tensor:
+        """Each node's model as it would be evaluated (push-sum divides by its weight)."""
+        return torch.stack([self.strategy.model_of(i, self.params[i], self.states[i]) for i in range(self.num_nodes)])
+
+    def consensus_distance(self) -> float:
+        """Mean squared distance of the node models to their average."""
+        models = self.node_models().to(torch.float64)
+        return float(((models - models.mean(0)) ** 2).sum(1).mean())
+
+    def evaluate(self) -> dict[str, float]:
+        """Test loss and accuracy of the averaged model, and the mean, min and max accuracy of the nodes' own."""
+        models = self.node_models()
+        average = models.to(torch.float64).mean(0).to(models.dtype)
+        loss, accuracy = self._test(average)
+        node_accuracies = np.array([self._test(model)[1] for model in models])
+        return {"test_loss": loss, "test_accuracy": accuracy, "node_accuracy_mean": float(node_accuracies.mean()),
+                "node_accuracy_min": float(node_accuracies.min()), "node_accuracy_max": float(node_accuracies.max())}
+
+    def _test(self, params: Tensor) -> tuple[float, float]:
+        self.spec.load(self.model, params)
+        loss_sum, correct, count = evaluate(self.model, self.test_x, self.test_y)
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipSetup:
+    """A decentralized run from a RunConfig: the strategy, the `[topology]` table, and the strategy's compression."""
+    section = config.topology
+    topology = parse_topology(section.name, data.num_clients, section.options, section.weights,
+                              derive_seed(config.seed, TOPOLOGY))
+    strategy = strategy_config(config.strategy.name, config.strategy.options)
+    compression = getattr(strategy, "compression", "")
+    return GossipSetup(model_fn, data, strategy, config.client, topology, config.seed, section.engine,
+                       section.independent_init, make_codec(compression) if compression else None, config.eval.every)

@@ -1,0 +1,1 @@
+"""Decentralized strategies: no server; every node trains from its own parameters and combines with its neighbours'."""
