@@ -2,9 +2,11 @@
 updates per wall second against synchronous FedAvg doing the same number of updates.
 
 Memory: FedBuff (K = 100) with the same 1,000 clients in flight, once with 1,000 and once with 10,000 registered
-clients. Each configuration runs in a fresh child process (spawn), so peaks never mix: the data set and the server are
-built, the heap is trimmed and the RSS read (the baseline), the kernel's peak-RSS mark is reset (/proc/self/clear_refs),
-N versions run, and the peak since the reset minus the baseline is the server's peak RSS beyond data and server. The
+clients. Each configuration runs in a fresh child process (forked from a fork server that only imported the modules;
+spawned where there is none), so peaks never mix: the data set and the server are built (after a throwaway one-client
+round, so torch's lazy imports are not counted), the heap is trimmed and the RSS read (the baseline), the kernel's
+peak-RSS mark is reset (/proc/self/clear_refs), N versions run, and the peak since the reset minus the baseline is the
+server's peak RSS beyond data and server. The
 literal getrusage reading (ru_maxrss after the run minus ru_maxrss after the build) is printed too: it reads 0 whenever
 building the data set peaked higher than the run. An inventory of the server's per-client and per-event structures
 (entries and bytes, counted from the objects) says what grows with registered clients and what with the run;
@@ -13,10 +15,12 @@ building the data set peaked higher than the run. An inventory of the server's p
 Throughput: client updates per wall second, FedBuff (1,000 in flight, K = 100, V versions) against FedAvg (100 per
 round, V rounds): the same data, model (MLP 60-32-10), local training (a fixed number of SGD steps, so every update
 costs the same) and device profiles (lognormal compute, so FedBuff's arrivals are stale), on the local backend and on
-Ray with 2 workers. Both run in one child process per backend, the synchronous baseline first. `applied` counts the
+Ray with 2 workers. Both run in one child process per backend, the synchronous baseline first (--repeats N: N
+FedAvg/FedBuff pairs, interleaved). `applied` counts the
 updates the server consumed; `trained` (local backend only) counts every task trained, which for FedBuff includes
 in-flight tasks its lazy batches trained ahead of their arrival. Wall time runs from the first round to the last
-(start-up excluded); evaluation never runs. --profile N prints cProfile's top N functions of a shorter local run of
+(start-up excluded), and on the local backend the child's CPU seconds too (steadier on a shared machine);
+evaluation never runs. --profile N prints cProfile's top N functions of a shorter local run of
 each strategy.
 
     python benchmarks/bench_async_scale.py                  # memory 1k vs 10k registered; throughput local + Ray
@@ -308,15 +312,17 @@ class Run:
     applied: int
     trained: int | None  # local backend only
     staleness: float | None
+    cpu: float | None = None  # this process's CPU seconds (local backend only: the whole run is in it)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def count_pool(server: Server) -> list[int]:
-    """Wrap the server's pool to count the tasks it runs."""
-    counter, run = [0], server.pool.run
+    """Wrap the server's pool to count the tasks it runs and its calls (FedBuff: one per lazy batch)."""
+    counter, run = [0, 0], server.pool.run
 
     def counted(envelopes: Any, costs: Any) -> Any:
         counter[0] += len(envelopes)
+        counter[1] += 1
         return run(envelopes, costs)
 
     server.pool.run = counted  # type: ignore[method-assign]
@@ -334,13 +340,13 @@ def timed_run(config: RunConfig, data: Any, label: str, profile: int = 0) -> tup
         call = lambda method, *args: getattr(server, method)(*args)  # noqa: E731
         profiler = cProfile.Profile() if profile else None
         try:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
             rows = [call("run_round", r, False) for r in range(1, config.rounds + 1)]
             if profiler:
                 profiler.disable()
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         finally:
             server.close()
         if profiler:
@@ -351,10 +357,11 @@ def timed_run(config: RunConfig, data: Any, label: str, profile: int = 0) -> tup
             call("get_spec")  # the actors are up
             start = time.perf_counter()
             rows = [call("run_round", r, False) for r in range(1, config.rounds + 1)]
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, None
     staleness = [r["staleness_mean"] for r in rows if r.get("staleness_mean") is not None]
     run = Run(label, wall, len(rows), sum(r["clients"] for r in rows), counter[0] if counter else None,
-              sum(staleness) / len(staleness) if staleness else None, {"first": rows[0]["wall_seconds"]})
+              sum(staleness) / len(staleness) if staleness else None, cpu,
+              {"first": rows[0]["wall_seconds"], "calls": counter[1] if counter else None})
     return run, text
 
 
@@ -407,11 +414,16 @@ def throughput_child(scale: Scale, backend: str, workers: int, repeats: int, pro
     return runs, text
 
 
+def span(values: list[float]) -> str:
+    """"a" for one value, "a..b" (lowest..highest) for several."""
+    return f"{min(values):.2f}" if len(set(values)) == 1 else f"{min(values):.2f}..{max(values):.2f}"
+
+
 def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repeats: int, profile: int) -> None:
     print(f"\n== Throughput: {scale.clients:,} registered clients, {scale.rounds} versions (FedBuff) or rounds "
           f"(FedAvg), {scale.steps} local steps per update, MLP 60-{scale.hidden}-10, compute {COMPUTE} ==")
-    print(f"{'backend':<16}{'run':<36}{'wall s':>8}{'applied':>9}{'trained':>9}{'applied/s':>11}{'trained/s':>11}"
-          f"{'x sync':>8}{'stale':>7}{'1st row s':>10}")
+    print(f"{'backend':<16}{'run':<36}{'wall s':>8}{'CPU s':>8}{'applied':>9}{'trained':>9}{'applied/s':>11}"
+          f"{'trained/s':>11}{'x sync':>8}{'stale':>7}{'1st row s':>10}{'pool calls':>11}")
     profiles = ""
     for backend in backends:
         where = "local" if backend == "local" else f"Ray, {workers} workers"
@@ -422,21 +434,33 @@ def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repe
         for r in runs:
             rate = r.applied / r.wall
             trained, per_s = (f"{r.trained}", f"{r.trained / r.wall:.1f}") if r.trained is not None else ("-", "-")
+            cpu = f"{r.cpu:.2f}" if r.cpu is not None else "-"
             stale = f"{r.staleness:.2f}" if r.staleness is not None else "-"
-            print(f"{where:<16}{r.label:<36}{r.wall:>8.2f}{r.applied:>9}{trained:>9}{rate:>11.1f}{per_s:>11}"
-                  f"{rate / base_rate:>8.2f}{stale:>7}{r.extra['first']:>10.2f}")
-        asyncs = [r for r in runs if r.label.startswith("FedBuff")]
-        ratios = [(a.applied / a.wall) / (s.applied / s.wall) for a, s in zip(asyncs, base)]
-        line = f"{where}: async/sync applied updates per second {min(ratios):.2f}"
-        line += f"..{max(ratios):.2f}" if len(ratios) > 1 else ""
-        if all(r.trained is not None for r in runs):
-            work = [(a.trained / a.wall) / (s.trained / s.wall) for a, s in zip(asyncs, base)]  # type: ignore[operator]
-            line += f"; trained tasks per second {min(work):.2f}" + (f"..{max(work):.2f}" if len(work) > 1 else "")
+            print(f"{where:<16}{r.label:<36}{r.wall:>8.2f}{cpu:>8}{r.applied:>9}{trained:>9}{rate:>11.1f}{per_s:>11}"
+                  f"{rate / base_rate:>8.2f}{stale:>7}{r.extra['first']:>10.2f}{r.extra['calls'] or '-':>11}")
+        pairs = list(zip([r for r in runs if r.label.startswith("FedBuff")], base))
+        ratio = {  # async / sync, per pair
+            "applied_wall": [a.applied / a.wall / (s.applied / s.wall) for a, s in pairs],
+            "applied_cpu": [a.applied / a.cpu / (s.applied / s.cpu) for a, s in pairs if a.cpu and s.cpu],
+            "trained_wall": [a.trained / a.wall / (s.trained / s.wall) for a, s in pairs if a.trained and s.trained],
+            "trained_cpu": [a.trained / a.cpu / (s.trained / s.cpu) for a, s in pairs
+                            if a.trained and s.trained and a.cpu and s.cpu],
+        }
+        line = f"{where}: async/sync applied updates per wall second {span(ratio['applied_wall'])}"
+        if ratio["applied_cpu"]:
+            line += f", per CPU second {span(ratio['applied_cpu'])}"
+        if ratio["trained_wall"]:
+            line += f"; trained tasks per wall second {span(ratio['trained_wall'])}"
+        if ratio["trained_cpu"]:
+            line += f", per CPU second {span(ratio['trained_cpu'])}"
         print(line)
-    print("applied: updates the server consumed (rows' clients); trained: tasks the pool ran. x sync: applied/s "
+    print("applied: updates the server consumed (rows' clients); trained: tasks the pool ran. CPU s: the child "
+          "process's CPU seconds (local backend; steadier than wall time on a shared machine). x sync: applied/s "
           "against the mean FedAvg applied/s of the same backend. stale: mean staleness of the applied updates. "
           "1st row s: the first round's or version's seconds (FedBuff's first version trains every task in flight; "
-          "on Ray it also holds the fresh worker actors' one-off first-training cost).")
+          "on Ray it also holds the fresh worker actors' one-off first-training cost). pool calls: the server's "
+          "calls of its worker pool (local backend): one per round, or one per lazy batch of FedBuff's (a round trip "
+          "on Ray).")
     if profiles:
         print(profiles)
 

@@ -77,3 +77,17 @@ class BatchedTrainer:
             ys.append(y[padded])
             masks.append(torch.cat([torch.ones(len(index)), torch.zeros(pad)]).to(self.device))
         return torch.stack(xs), torch.stack(ys), torch.stack(masks)
+
+
+@torch.no_grad()
+def accuracies(model: nn.Module, params: Tensor, x: Tensor, y: Tensor, chunk: int = 32) -> Tensor:
+    """Test accuracy of every row of `params` ([models, params]) as `model`'s parameters, `chunk` models at once."""
+    spec = ParamSpec.from_module(model)
+    model.eval()
+
+    def correct(flat: Tensor) -> Tensor:
+        tensors = {e.name: flat[e.offset : e.end].view(e.shape) for e in spec.entries}
+        return (functional_call(model, tensors, (x,)).argmax(dim=1) == y).sum()
+
+    counts = [vmap(correct)(params[start : start + chunk].to(x.device)) for start in range(0, len(params), chunk)]
+    return torch.cat(counts).double().cpu() / max(len(y), 1)

@@ -21,11 +21,13 @@ from fl.training import OPTIMIZERS, UPDATE_DTYPES, TrainConfig
 from fl.worker import DEVICES
 from simulations.partitions import PARTITIONERS
 from simulations.profiles import sample_profiles
+from simulations.topologies import parse_topology
 from strategies.registry import kind, strategy_config
 from transport.codecs.registry import make_codec
 
 DATASETS = ("synthetic", "digits")
 AVAILABILITY = ("always", "uniform")
+GOSSIP_ENGINES = ("auto", "vectorized", "nodes")
 BACKENDS = ("ray", "local", "deploy")  # deploy: clients are separate processes (`fl server` / `fl client`)
 CHANNELS = ("grpc", "direct")
 
@@ -92,7 +94,7 @@ class TopologySection:
 
     name: str = "ring"  # ring | torus | complete | star | regular | erdos_renyi | exponential | one_peer_exponential |
     #                     directed_exponential | edge_list
-    weights: str = "metropolis"  # metropolis | uniform
+    weights: str = ""  # metropolis | uniform; empty: metropolis, or uniform for the exponential graphs (fixed weights)
     engine: str = "auto"  # auto | vectorized (every node in one batched step) | nodes (one node at a time)
     independent_init: bool = False  # every node draws its own initial model
     options: dict[str, Any] = field(default_factory=dict)  # the graph's own settings, e.g. degree, p, rows, file
@@ -301,11 +303,25 @@ def validate(config: RunConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     _require(config.max_virtual_seconds >= 0, f"max_virtual_seconds must be >= 0, got {config.max_virtual_seconds}")
+    if kind(config.strategy.name) == "decentralized":
+        validate_topology(config)
     if kind(config.strategy.name) == "asynchronous":
         _require(sampling.deadline == 0 and sampling.over_select == 1,
                  f"sampling.deadline and sampling.over_select shape synchronous rounds; the asynchronous strategy "
                  f"{config.strategy.name!r} starts clients itself (see its concurrency option)")
     validate_transport(config.transport)
+
+
+def validate_topology(config: RunConfig) -> None:
+    """The `[topology]` of a decentralized run: a graph that builds, an engine, a backend that runs it."""
+    section = config.topology
+    _one_of("topology.engine", section.engine, GOSSIP_ENGINES)
+    _require(config.runtime.backend != "deploy", "a decentralized strategy runs as a simulation (backend ray or local)")
+    weights = section.weights or ("uniform" if section.name.endswith("exponential") else "metropolis")
+    try:
+        parse_topology(section.name, config.data.num_clients, section.options, weights, config.seed)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"topology: {error}") from None
 
 
 def validate_transport(transport: TransportConfig) -> None:

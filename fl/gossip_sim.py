@@ -6,10 +6,13 @@ gossip steps over the topology's mixing matrix. Two engines train the nodes: "ve
 one vmapped step, `fl/batched_training.py`) and "nodes" (one `LocalTrainer` run per node, through the strategy's
 client hook); "auto" takes the vectorized one when the model, the optimizer and the strategy allow it. Messages are
 counted per directed edge, in bytes (a compressing strategy's payload size, else the message's own size).
+Rounds report the averaged model's test accuracy, the nodes' own accuracies (mean, min, max, on a seeded subset of
+the test set) and the consensus distance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections import defaultdict
@@ -20,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fl.batched_training import BatchedTrainer, batchable
+from fl.batched_training import BatchedTrainer, accuracies, batchable
+from fl.config import GOSSIP_ENGINES
 from fl.gossip import gossip_round
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -35,7 +39,9 @@ from strategies.registry import strategy_config
 from transport.codecs.base import Codec
 from transport.codecs.registry import make_codec
 
-ENGINES = ("auto", "vectorized", "nodes")
+
+
+NODE_TEST = 2000  # test samples (a seeded subset of the central test set) each node's own model is evaluated on
 
 
 class CodecCompressor:
@@ -65,10 +71,12 @@ class GossipSetup:
     independent_init: bool = False  # every node draws its own initial model (else all start from one)
     codec: Codec | None = None  # for a strategy that compresses its messages
     eval_every: int = 1  # evaluate the averaged and the node models every N rounds (0: only when asked)
+    threads: int = 1  # torch's intra-op threads (many small per-node operations run fastest on one)
 
 
 class GossipRun:
     def __init__(self, setup: GossipSetup) -> None:
+        torch.set_num_threads(setup.threads)
         self.setup, data = setup, setup.data
         self.num_nodes = data.num_clients
         torch.manual_seed(derive_seed(setup.seed, INIT))
@@ -77,17 +85,22 @@ class GossipRun:
         self.params = self._initial_params()
         self.compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
         self.strategy = self._build_strategy()
+        self.topology = setup.topology
+        if self.topology.time_varying:  # the graph changes at every gossip step, and a round takes several
+            self.topology = dataclasses.replace(self.topology, steps_per_round=self.strategy.gossip_steps(1))
         self.states = [self.strategy.initial_state(i, self.params[i]) for i in range(self.num_nodes)]
         device = torch.device("cpu")
         x, y = as_tensor(data.x, device), as_tensor(data.y, device)
         self.shards = [(x[data.offsets[i]:data.offsets[i + 1]], y[data.offsets[i]:data.offsets[i + 1]])
                        for i in range(self.num_nodes)]
         self.test_x, self.test_y = as_tensor(data.test_x, device), as_tensor(data.test_y, device)
+        sample = torch.randperm(len(self.test_y), generator=torch.Generator().manual_seed(setup.seed))[:NODE_TEST]
+        self.node_test_x, self.node_test_y = self.test_x[sample], self.test_y[sample]
         self.engine = self._choose_engine()
         self.batched = BatchedTrainer(setup.model_fn(), device) if self.engine == "vectorized" else None
         self.trainer = LocalTrainer(setup.model_fn(), device) if self.engine == "nodes" else None
         self.edge_bytes: dict[tuple[int, int], int] = defaultdict(int)
-        self.spectral_gap = setup.topology.spectral_gap()
+        self.spectral_gap = self.topology.spectral_gap()
 
     def _initial_params(self) -> Tensor:
         first = self.spec.flatten(self.model).detach()
@@ -111,8 +124,8 @@ class GossipRun:
 
     def _choose_engine(self) -> str:
         engine, why = self.setup.engine, batchable(self.model, self.setup.train_config)
-        if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r} is not one of: {', '.join(ENGINES)}")
+        if engine not in GOSSIP_ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of: {', '.join(GOSSIP_ENGINES)}")
         if self.strategy.client_algorithm is not None:
             why = why or "the strategy changes the local step (its client hook runs node by node)"
         if engine == "vectorized" and why:
@@ -156,7 +169,7 @@ class GossipRun:
         updates, losses = self._train(round, starts)
         trained = (before.to(torch.float64) + updates.to(torch.float64)).to(before.dtype)
         self._round_bytes = 0
-        self.params = gossip_round(self.strategy, round, before, trained, self.setup.topology.mixing, self.states,
+        self.params = gossip_round(self.strategy, round, before, trained, self.topology.mixing, self.states,
                                    self._carry)
         if not torch.isfinite(self.params).all():
             raise FloatingPointError(f"round {round}: a node's model holds NaN or Inf (try a smaller learning rate)")
@@ -189,7 +202,7 @@ class GossipRun:
         """Count each message once per directed edge it crosses (the payload size when it was compressed)."""
         plain = messages[0].numel() * messages.element_size()
         sent = self.compressor.sent if self.compressor is not None and self.compressor.sent else {}
-        for sender, receiver in self.setup.topology.edges(round, step):
+        for sender, receiver in self.topology.edges(round, step):
             size = sent.get(sender, plain)
             self.edge_bytes[(sender, receiver)] += size
             self._round_bytes += size
@@ -207,11 +220,12 @@ class GossipRun:
         return float(((models - models.mean(0)) ** 2).sum(1).mean())
 
     def evaluate(self) -> dict[str, float]:
-        """Test loss and accuracy of the averaged model, and the mean, min and max accuracy of the nodes' own."""
+        """Test loss and accuracy of the averaged model on the central test set, and the mean, min and max accuracy
+        of the nodes' own models on `NODE_TEST` of its samples."""
         models = self.node_models()
         average = models.to(torch.float64).mean(0).to(models.dtype)
         loss, accuracy = self._test(average)
-        node_accuracies = np.array([self._test(model)[1] for model in models])
+        node_accuracies = accuracies(self.model, models, self.node_test_x, self.node_test_y).numpy()
         return {"test_loss": loss, "test_accuracy": accuracy, "node_accuracy_mean": float(node_accuracies.mean()),
                 "node_accuracy_min": float(node_accuracies.min()), "node_accuracy_max": float(node_accuracies.max())}
 
@@ -224,9 +238,11 @@ class GossipRun:
 def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipSetup:
     """A decentralized run from a RunConfig: the strategy, the `[topology]` table, and the strategy's compression."""
     section = config.topology
-    topology = parse_topology(section.name, data.num_clients, section.options, section.weights,
+    weights = section.weights or ("uniform" if section.name.endswith("exponential") else "metropolis")
+    topology = parse_topology(section.name, data.num_clients, section.options, weights,
                               derive_seed(config.seed, TOPOLOGY))
     strategy = strategy_config(config.strategy.name, config.strategy.options)
     compression = getattr(strategy, "compression", "")
     return GossipSetup(model_fn, data, strategy, config.client, topology, config.seed, section.engine,
-                       section.independent_init, make_codec(compression) if compression else None, config.eval.every)
+                       section.independent_init, make_codec(compression) if compression else None, config.eval.every,
+                       config.runtime.threads_per_worker)

@@ -1,0 +1,158 @@
+"""Asynchronous against synchronous FL on heterogeneous devices: test accuracy against virtual time, several seeds.
+
+Synthetic(1,1), 100 clients, the quickstart's MLP (60-200-200-10, SGD lr 0.05, batch 32), 10 local steps per task,
+in-process (local backend, direct channel). Device speeds are lognormal: seconds per training sample with median
+2 ms and sigma 1, so a task of 10 x 32 samples takes 0.64 s on the median device and from 0.1 s to 6 s across
+the 100 clients; a FedAvg round waits for the slowest of its 10 clients, about 3 virtual seconds. Every run stops when
+the virtual clock reaches the same budget (`--budget`, 150 s). The strategies and their options (lightly tuned):
+
+  fedavg        synchronous, 10 clients a round
+  fedasync      10 clients in flight; each arrival is mixed in with weight 0.9 / sqrt(1 + staleness) (the defaults)
+  fedbuff       10 clients in flight; a version every 5 arrivals (buffer_size), server lr 1, 1 / sqrt(1 + staleness)
+  fedfix        10 clients in flight; aggregates whoever arrived every 0.75 virtual seconds (interval)
+  async_fedavg  10 clients in flight; every arrival applied at once with the duration correction, server lr 0.1
+  fedcompass    every client in flight (its scheduler and its alpha / N step assume so); local steps Q in [4, 20]
+
+Each method but FedCompass keeps at most 10 clients training, as FedAvg does; FedCompass keeps all 100 busy, so it
+trains about ten times as many samples per virtual second. FedCompass assigns each task's step count itself (the
+Start's {"steps": Q}), which overrides `client.steps`.
+
+Writes <out>/async_vs_sync.png (test accuracy against virtual time: the mean over seeds as a line, min to max as a
+band), <out>/async_vs_sync.json and <out>/async_vs_sync.md (per strategy and seed: the accuracy at the budget, the
+virtual time of the first evaluation at or above `--target`, the versions published), and the run directories
+<out>/<strategy>-s<seed>. Runs take minutes (FedCompass's 100 clients in flight most); `--jobs 2` runs two at once.
+
+Run:  python examples/async_vs_sync.py [--seeds 3] [--budget 150] [--target 0.5] [--out DIR] [--jobs N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fl import load_config, run_simulation  # noqa: E402
+
+QUICKSTART = Path(__file__).with_name("quickstart.toml")
+SCENARIO = ['runtime.backend="local"', 'transport.channel="direct"', "client.steps=10", "eval.every=1",
+            'devices.compute="lognormal:median=0.002,sigma=1.0"']  # seconds per training sample
+STRATEGIES = {
+    "fedavg": ["sampling.per_round=10"],
+    "fedasync": ["strategy.concurrency=10"],
+    "fedbuff": ["strategy.concurrency=10", "strategy.buffer_size=5"],
+    "fedfix": ["strategy.concurrency=10", "strategy.interval=0.75"],
+    "async_fedavg": ["strategy.concurrency=10", "strategy.server_lr=0.1"],
+    "fedcompass": ["strategy.concurrency=0", "strategy.steps_min=4", "strategy.steps_max=20"],
+}
+# --quick: 20 clients, a small MLP, 10 virtual seconds, 2 seeds (FedFix's interval stays, the rest scale down).
+QUICK = ["data.num_clients=20", "model.hidden=[32]", "sampling.per_round=5"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="runs per strategy, seeds 0, 1, ...")
+    parser.add_argument("--budget", type=float, default=150.0, help="virtual seconds every run gets")
+    parser.add_argument("--target", type=float, default=0.5, help="the test accuracy whose first time is reported")
+    parser.add_argument("--out", default="runs/async_vs_sync", help="folder of the plot, the tables and the runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, in separate processes")
+    parser.add_argument("--quick", action="store_true", help="20 clients, 10 virtual seconds, 2 seeds: a smoke test")
+    return parser.parse_args(argv)
+
+
+def run(strategy: str, seed: int, args: argparse.Namespace) -> list[dict]:
+    """One run of `strategy` until the clock reaches the budget; its metrics rows."""
+    quick = QUICK if args.quick else []
+    config = load_config(QUICKSTART, [f'name="{strategy}-s{seed}"', f"seed={seed}", f"rounds={10**6}",
+                                      f"max_virtual_seconds={args.budget}", f'strategy.name="{strategy}"',
+                                      *SCENARIO, *STRATEGIES[strategy], *quick])
+    config.output_dir = str(args.out)  # a path, set directly rather than written as a TOML value
+    return run_simulation(config, show_progress=False).history
+
+
+def evaluations(history: list[dict], budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """(virtual times, test accuracies) of the evaluations at or before the budget."""
+    rows = [(m["virtual_time"], m["test_accuracy"]) for m in history if "test_accuracy" in m]
+    times, accuracies = np.array([r for r in rows if r[0] <= budget]).reshape(-1, 2).T
+    return times, accuracies
+
+
+def summarize(strategy: str, seed: int, history: list[dict], args: argparse.Namespace) -> dict:
+    times, accuracies = evaluations(history, args.budget)
+    reached = times[accuracies >= args.target]
+    return {"strategy": strategy, "seed": seed, "final_accuracy": float(accuracies[-1]) if len(times) else None,
+            "time_to_target": float(reached[0]) if len(reached) else None, "versions": len(history),
+            "updates": sum(m["clients"] for m in history)}
+
+
+def accuracy_on(grid: np.ndarray, history: list[dict], budget: float) -> np.ndarray:
+    """The accuracy of the latest evaluation at each grid time (nan before the first)."""
+    times, accuracies = evaluations(history, budget)
+    index = np.searchsorted(times, grid, side="right") - 1
+    return np.where(index >= 0, accuracies[np.maximum(index, 0)], np.nan)
+
+
+def plot(histories: dict[str, list[list[dict]]], args: argparse.Namespace) -> Path:
+    grid = np.linspace(0.0, args.budget, 301)
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for strategy, runs in histories.items():
+        curves = np.array([accuracy_on(grid, history, args.budget) for history in runs])
+        line = axes.plot(grid, curves.mean(axis=0), label=strategy)[0]  # from when every seed has an evaluation
+        axes.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
+    axes.axhline(args.target, color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="virtual time (s)", ylabel="test accuracy",
+             title=f"Synthetic(1,1), lognormal devices: mean and min-max over {len(runs)} seeds")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    png = Path(args.out) / "async_vs_sync.png"
+    figure.savefig(png, dpi=120)
+    plt.close(figure)
+    return png
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    def number(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    lines = [f"| strategy | seed | accuracy at {args.budget:g} s | time to {args.target:g} (s) | versions | updates |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['strategy']} | {r['seed']} | {number(r['final_accuracy'], '.4f')} | "
+              f"{number(r['time_to_target'], '.1f')} | {r['versions']} | {r['updates']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run every strategy with every seed, write the plot and the tables; returns the table's rows."""
+    args = parse_args(argv)
+    if args.quick:
+        args.seeds, args.budget, args.target = min(args.seeds, 2), min(args.budget, 10.0), min(args.target, 0.3)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    keys = [(strategy, seed) for strategy in STRATEGIES for seed in range(args.seeds)]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(run, *zip(*keys), [args] * len(keys)))
+    else:
+        results = [run(strategy, seed, args) for strategy, seed in keys]
+    histories: dict[str, list[list[dict]]] = {}
+    for (strategy, _), history in zip(keys, results):
+        histories.setdefault(strategy, []).append(history)
+    rows = [summarize(strategy, seed, history, args) for (strategy, seed), history in zip(keys, results)]
+    png = plot(histories, args)
+    table = markdown(rows, args)
+    (Path(args.out) / "async_vs_sync.md").write_text(table)
+    settings = {"budget": args.budget, "target": args.target, "quick": QUICK if args.quick else [], "scenario": SCENARIO,
+                "strategies": STRATEGIES}
+    (Path(args.out) / "async_vs_sync.json").write_text(json.dumps({**settings, "runs": rows}, indent=1) + "\n")
+    print(table + f"accuracy against virtual time: {png}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
