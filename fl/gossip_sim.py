@@ -235,6 +235,16 @@ class GossipRun:
         return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+def gossip_run(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipRun:
+    """The run a decentralized config asks for: rounds of synchronous gossip, or asynchronous gossip on the clock."""
+    setup = gossip_setup(config, data, model_fn)
+    if getattr(type(setup.strategy), "asynchronous", False):
+        from fl.gossip_async import AsyncGossipRun
+
+        return AsyncGossipRun(setup, config.devices.spec())
+    return GossipRun(setup)
+
+
 def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipSetup:
     """A decentralized run from a RunConfig: the strategy, the `[topology]` table, and the strategy's compression."""
     section = config.topology

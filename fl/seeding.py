@@ -18,6 +18,7 @@ DROPOUT = DEVICES + 2  # whether and when a client's task fails: derive_seed(see
 ASYNC_ONLINE = DEVICES + 3  # who of the idle clients is online: derive_seed(seed, ASYNC_ONLINE, k)
 ASYNC_SELECT = DEVICES + 4  # the strategy's choice among them: derive_seed(seed, ASYNC_SELECT, k)
 TOPOLOGY = DEVICES + 5  # a random gossip graph (regular, Erdos-Renyi): derive_seed(seed, TOPOLOGY)
+ASYNC_GOSSIP = DEVICES + 6  # the neighbour a waking node sends to: derive_seed(seed, ASYNC_GOSSIP, node, n)
 
 
 def derive_seed(*keys: int) -> int:

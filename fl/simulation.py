@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
-from fl.gossip_sim import GossipRun, gossip_setup
+from fl.gossip_sim import gossip_run
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -141,7 +141,7 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
 def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterator[Callable[..., Any]]:
     """`call(method, *args)` on what runs the rounds: a server, or a decentralized run's nodes (in this process)."""
     if kind(config.strategy.name) == "decentralized":
-        with _calling(GossipRun(gossip_setup(config, data, model_fn))) as call:
+        with _calling(gossip_run(config, data, model_fn)) as call:
             yield call
         return
     with start_server(config, server_setup(config, data, model_fn)) as call:

@@ -23,6 +23,7 @@ from strategies.fedau import FedAUConfig
 from strategies.fedavg import FedAvgConfig
 from strategies.fedopt import FedAdagradConfig, FedAdamConfig, FedAvgMConfig, FedYogiConfig
 from strategies.fedprox import FedProxConfig
+from strategies.gossip.async_gossip import AsyncGossipConfig
 from strategies.gossip.choco import ChocoConfig
 from strategies.gossip.dfedsam import DFedSAMConfig, DFedSAMMGSConfig
 from strategies.gossip.dpsgd import DPSGDConfig
@@ -54,6 +55,7 @@ STRATEGIES: dict[str, type] = {
     "pushsum": PushSumConfig,
     "choco": ChocoConfig,
     "variance_corrected": VarianceCorrectedConfig,
+    "async_gossip": AsyncGossipConfig,
 }
 
 

@@ -47,7 +47,7 @@ def test_the_asynchronous_strategies_are_marked_as_such() -> None:
     assert {name for name in STRATEGIES if kind(name) == "asynchronous"} == {
         "fedasync", "fedbuff", "fedfix", "async_fedavg", "fedcompass", "afa_cd", "afa_cs"}
     assert {name for name in STRATEGIES if kind(name) == "decentralized"} == {
-        "dpsgd", "dfedsam", "dfedsam_mgs", "pushsum", "choco", "variance_corrected"}
+        "dpsgd", "dfedsam", "dfedsam_mgs", "pushsum", "choco", "variance_corrected", "async_gossip"}
 
 
 def test_unknown_strategy_names_the_allowed_ones() -> None:
