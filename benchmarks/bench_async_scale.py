@@ -466,7 +466,7 @@ def bench_throughput(scale: Scale, backends: tuple[str, ...], workers: int, repe
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.partition("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, local backend only (the smoke test)")
     parser.add_argument("--part", choices=("all", "memory", "throughput"), default="all")
     parser.add_argument("--registered", type=int, nargs="+", help="memory: registered clients of each configuration")

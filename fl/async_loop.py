@@ -207,7 +207,7 @@ class AsyncLoop:
             self.queue.push(when, TIMER, -1)
 
     def _fill(self, now: float) -> None:
-        slots = self.concurrency - int(self.busy.sum())
+        slots = self.concurrency - len(self.flights) - len(self.delayed)
         if slots <= 0:
             return
         idle = self._idle()
@@ -216,7 +216,7 @@ class AsyncLoop:
         starts = self.strategy.select(now, online, slots, derive_rng(self.seed, ASYNC_SELECT, self.fills)) \
             if len(online) else []
         chosen = [start.client_id for start in starts]
-        if len(chosen) > slots or len(set(chosen)) != len(chosen) or not np.isin(chosen, online).all():
+        if len(chosen) > slots or len(set(chosen)) != len(chosen) or not _members(chosen, online):
             raise ValueError(f"{type(self.strategy).__name__}.select must start at most {slots} distinct idle "
                              f"online clients, got {chosen}")
         for start in starts:
@@ -291,3 +291,9 @@ class AsyncLoop:
 
     def _log(self, now: float, kind: str, client: int) -> None:
         self.events.append((self.rows + 1, now, kind, client))
+
+
+def _members(chosen: list[int], ascending: np.ndarray) -> bool:
+    """Whether every chosen id is in the ascending array."""
+    where = np.searchsorted(ascending, chosen)
+    return bool(np.all(where < len(ascending)) and np.all(ascending[np.minimum(where, len(ascending) - 1)] == chosen))

@@ -1,4 +1,4 @@
-"""The `fl` command: run a simulation, list strategies, plot runs."""
+"""The `fl` command: run a simulation, serve or join a deployment, run a gossip node, list strategies, plot runs."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait before each task, to emulate a slower device (default 0)")
     client.add_argument("--replace", action="store_true",
                         help="take over this client id from a live session (a process that still runs with it)")
+    node = commands.add_parser("node", help="run one node of a decentralized run, gossiping with its peers over gRPC")
+    node.add_argument("--config", required=True, help="TOML file of a decentralized run (every node reads the same)")
+    node.add_argument("--node-id", type=int, required=True, help="this node's id (0 .. num_clients-1)")
+    node.add_argument("--listen", required=True, help="HOST:PORT this node listens on for its in-neighbours")
+    node.add_argument("--peers", default="", metavar="ID=HOST:PORT,...",
+                      help="the addresses of the node's neighbours in the topology, e.g. "
+                           "1=127.0.0.1:5001,7=127.0.0.1:5007")
+    node.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value")
+    node.add_argument("--secret-file", help="the secret every node's token derives from (default: "
+                                            "transport.auth_secret_file; none: no tokens)")
+    node.add_argument("--tls-cert", help="PEM certificate to listen with (default: transport.tls_cert)")
+    node.add_argument("--tls-key", help="PEM key of --tls-cert (default: transport.tls_key)")
+    node.add_argument("--root-cert", help="PEM certificate to trust when dialling peers (default: "
+                                          "transport.tls_root_cert)")
     token = commands.add_parser("token", help="print a client's token, derived from the server's secret")
     token.add_argument("--secret-file", required=True, help="the file named by transport.auth_secret_file")
     token.add_argument("--client-id", type=int, required=True)
@@ -86,6 +101,23 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fl.node import Security, parse_peers, run_node
+
+    config = load_config(args.config, args.overrides)
+    transport = config.transport
+    cert, key = args.tls_cert or transport.tls_cert, args.tls_key or transport.tls_key
+    if bool(cert) != bool(key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    secret_file = args.secret_file or transport.auth_secret_file
+    secret = Path(secret_file).read_bytes().strip() if secret_file else None
+    security = Security(cert, key, args.root_cert or transport.tls_root_cert, secret)
+    run_node(config, args.node_id, args.listen, parse_peers(args.peers), security)
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -118,7 +150,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": _run, "server": _server, "client": _client, "token": _token, "plot": _plot,
+    commands = {"run": _run, "server": _server, "client": _client, "node": _node, "token": _token, "plot": _plot,
                 "strategies": _strategies}
     try:
         return commands[args.command](args)

@@ -19,7 +19,7 @@ import numpy as np
 from fl.clock import Attempt, RoundSchedule, schedule_round
 from fl.seeding import ASYNC_ONLINE, DROPOUT, SELECTION, derive_rng
 from fl.training import TrainConfig, samples_processed
-from simulations.profiles import DeviceProfiles
+from simulations.profiles import Always, DeviceProfiles
 from strategies.base import Instruction
 from transport.downlink import Broadcast, DownloadLedger
 from transport.messages import tensor_bytes
@@ -46,8 +46,8 @@ class TaskTiming:
         """The candidates online at the round's start. When none is, a round without tasks lasts until the first of
         them may come online, so the clock never stands still."""
         self._idle_until = self.now
-        if self.profiles is None:
-            return candidates
+        if self.profiles is None or isinstance(self.profiles.availability, Always):
+            return candidates  # (the draws below would change nothing; no other stream uses them)
         availability = self.profiles.availability
         online = [c for c in candidates.tolist()
                   if availability.online_at_selection(c, self.now, derive_rng(self.seed, SELECTION, round, c).random())]
@@ -75,7 +75,7 @@ class TaskTiming:
 
     def online_idle(self, idle: np.ndarray, now: float, draw: int) -> np.ndarray:
         """An asynchronous run's `draw`-th look at its idle clients: those online at `now` (one uniform draw each)."""
-        if self.profiles is None or len(idle) == 0:
+        if self.profiles is None or len(idle) == 0 or isinstance(self.profiles.availability, Always):
             return idle
         u = derive_rng(self.seed, ASYNC_ONLINE, draw).random(len(idle))
         return idle[self.profiles.availability.online_mask(idle, now, u)]

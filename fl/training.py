@@ -38,6 +38,14 @@ class TrainConfig:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
+def seed_everywhere(seed: int) -> None:
+    """`torch.manual_seed(seed)` without its cost on a CPU-only build (it queues lazy seeding of every accelerator
+    backend, formatting a stack trace each time): the CPU generator, and CUDA's when there is CUDA."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 def make_optimizer(config: TrainConfig, parameter: nn.Parameter) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD([parameter], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -95,7 +103,7 @@ class LocalTrainer:
         global_params = global_params.to(self.device)
         self.flat.load(global_params)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        torch.manual_seed(seed)  # model-internal randomness such as dropout
+        seed_everywhere(seed)  # model-internal randomness such as dropout
         optimizer = make_optimizer(config, self.flat.parameter)
         self.model.train()
         loss_sum, steps = torch.zeros((), device=self.device), 0

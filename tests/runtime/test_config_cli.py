@@ -105,6 +105,8 @@ def test_public_cli_options_are_frozen():
         "run": ["--address", "--help", "--quiet", "--set", "-h"],
         "server": ["--config", "--help", "--listen", "--quiet", "--set", "-h"],
         "client": ["--client-id", "--delay", "--help", "--replace", "--root-cert", "--server", "--timeout", "--token", "-h"],
+        "node": ["--config", "--help", "--listen", "--node-id", "--peers", "--root-cert", "--secret-file", "--set",
+                 "--tls-cert", "--tls-key", "-h"],
         "token": ["--client-id", "--help", "--secret-file", "-h"],
         "strategies": ["--help", "-h"],
         "plot": ["--help", "--out", "--x", "-h"],

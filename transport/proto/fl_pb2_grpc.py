@@ -224,3 +224,75 @@ class Federation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class GossipStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Send = channel.stream_unary(
+                '/fl.Gossip/Send',
+                request_serializer=transport_dot_proto_dot_fl__pb2.Frame.SerializeToString,
+                response_deserializer=transport_dot_proto_dot_fl__pb2.GossipAck.FromString,
+                _registered_method=True)
+
+
+class GossipServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Send(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GossipServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Send': grpc.stream_unary_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=transport_dot_proto_dot_fl__pb2.Frame.FromString,
+                    response_serializer=transport_dot_proto_dot_fl__pb2.GossipAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fl.Gossip', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fl.Gossip', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Gossip:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Send(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fl.Gossip/Send',
+            transport_dot_proto_dot_fl__pb2.Frame.SerializeToString,
+            transport_dot_proto_dot_fl__pb2.GossipAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

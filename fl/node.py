@@ -1,0 +1,235 @@
+"""One node of a decentralized run as its own process (`fl node`): it trains, gossips with its neighbours over gRPC
+(transport/gossip_peer.py) and writes its final parameters.
+
+A node builds what the simulation (fl/gossip_sim.py) builds for it: the data, the model and its initial parameters
+(seeded by (seed, INIT), or its own with topology.independent_init), the strategy with its compressor, the topology
+(`gossip_setup`) and its shard. Each round it trains as the "nodes" engine does (seed (seed, round, node, TRAINING),
+through the strategy's client hook); then, per gossip step, it sends its message to its out-neighbours, waits for its
+in-neighbours' messages of the same round and step, and mixes them with `fl.gossip.mix` on its own row of W: the same
+float64 product, summed in ascending sender order as the simulation sums the row. Messages travel as their exact
+bits, so each node ends with its row of the simulation (engine "nodes") bit for bit.
+
+Rounds are synchronous per neighbourhood: a node mixes round r once all its in-neighbours' round-r messages are in,
+so neighbours never drift far apart, and the inbox holds at most a few rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from fl.config import ConfigError, RunConfig
+from fl.gossip import mix
+from fl.gossip_sim import CodecCompressor, GossipSetup, gossip_setup
+from fl.params import ParamSpec
+from fl.scenario import build_data, build_model_fn
+from fl.seeding import INIT, TRAINING, derive_seed
+from fl.training import LocalTrainer, evaluate
+from fl.worker import as_tensor
+from simulations.mixing import Topology
+from strategies.base import ClientHook
+from strategies.gossip.base import Layout, Network
+from strategies.registry import kind
+from transport.auth import client_token
+from transport.gossip_peer import GossipClient, GossipServer, Inbox
+
+Exchange = Callable[[int, int, Tensor, list[int], list[int]], dict[int, Tensor]]  # (round, step, message, to, from)
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS and tokens, as `fl server` has them: a certificate and key to listen with, a root certificate to trust
+    when dialling peers, and the secret every node's token derives from (`client_token(secret, node id)`)."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    root_cert: str = ""
+    secret: bytes | None = None
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """"1=127.0.0.1:5001,7=127.0.0.1:5007" -> {1: "127.0.0.1:5001", 7: "127.0.0.1:5007"}."""
+    peers: dict[int, str] = {}
+    for item in filter(None, (item.strip() for item in text.split(","))):
+        match = re.fullmatch(r"(\d+)=(\S+:\d+)", item)
+        if match is None:
+            raise ConfigError(f"--peers takes ID=HOST:PORT pairs separated by commas, got {item!r}")
+        if int(match.group(1)) in peers:
+            raise ConfigError(f"--peers names node {match.group(1)} twice")
+        peers[int(match.group(1))] = match.group(2)
+    return peers
+
+
+def neighbours(topology: Topology, node: int) -> tuple[set[int], set[int]]:
+    """(in-neighbours, out-neighbours) of `node` over one period of the topology's matrices."""
+    ins: set[int] = set()
+    outs: set[int] = set()
+    for matrix in topology.matrices:
+        rows, cols, _ = sp.find(matrix)
+        ins |= {int(j) for i, j in zip(rows, cols) if i == node != j}
+        outs |= {int(i) for i, j in zip(rows, cols) if j == node != i}
+    return ins, outs
+
+
+class Node:
+    """Node `node` of a decentralized run: its parameters, state, shard and strategy, as the simulation keeps them."""
+
+    def __init__(self, setup: GossipSetup, node: int) -> None:
+        torch.set_num_threads(setup.threads)
+        self.setup, self.node, data = setup, node, setup.data
+        torch.manual_seed(derive_seed(setup.seed, INIT))
+        model = setup.model_fn()
+        self.spec = ParamSpec.from_module(model)
+        self.params = self.spec.flatten(model).detach()
+        if setup.independent_init and node > 0:
+            torch.manual_seed(derive_seed(setup.seed, INIT, node))
+            self.params = self.spec.flatten(setup.model_fn()).detach()
+        self.strategy = self._build_strategy(data.num_clients)
+        self.topology = setup.topology
+        if self.topology.time_varying:  # as the simulation: one matrix per gossip step
+            self.topology = dataclasses.replace(self.topology, steps_per_round=self.strategy.gossip_steps(1))
+        self.state = self.strategy.initial_state(node, self.params)
+        lo, hi = data.offsets[node], data.offsets[node + 1]
+        cpu = torch.device("cpu")
+        self.x, self.y = as_tensor(data.x[lo:hi], cpu), as_tensor(data.y[lo:hi], cpu)
+        self.trainer = LocalTrainer(setup.model_fn(), cpu)
+        self.model = model
+
+    def _build_strategy(self, num_nodes: int) -> Any:
+        spec, setup = self.spec, self.setup
+        layout = Layout(tuple(e.name for e in spec.entries), tuple(e.offset for e in spec.entries),
+                        tuple(e.numel for e in spec.entries), tuple(e.trainable for e in spec.entries))
+        network = Network(num_nodes, spec.num_params, spec.num_trainable, layout, self.params.dtype)
+        if "compressor" in inspect.signature(setup.strategy.build).parameters:
+            compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
+            return setup.strategy.build(network, compressor=compressor)
+        return setup.strategy.build(network)
+
+    def senders(self, round: int, step: int) -> list[int]:
+        """The in-neighbours whose messages the node mixes in gossip step `step` of `round` (itself left out)."""
+        return [j for j in sp.find(self.topology.mixing(round, step).getrow(self.node))[1].tolist() if j != self.node]
+
+    def receivers(self, round: int, step: int) -> list[int]:
+        """The out-neighbours the node sends its message of (round, step) to."""
+        return [i for i in sp.find(self.topology.mixing(round, step).getcol(self.node))[0].tolist() if i != self.node]
+
+    def message_size(self) -> tuple[int, torch.dtype]:
+        """(values, dtype) of every message (the strategy's first one, on a copy of the state)."""
+        state = {key: value.clone() for key, value in self.state.items()}
+        message = self.strategy.message(self.node, 0, self.params, self.params, state)
+        return message.numel(), message.dtype
+
+    def run_round(self, round: int, exchange: Exchange) -> float:
+        """Train, then take the strategy's gossip steps, moving messages with `exchange`; returns the train loss."""
+        strategy, state, node = self.strategy, self.state, self.node
+        strategy.begin_round(round)
+        before = self.params
+        start = strategy.train_from(node, before, state)
+        algorithm = strategy.client_algorithm
+        hook = ClientHook() if algorithm is None else algorithm.start(start[:self.spec.num_trainable], {}, {})
+        config = self.setup.train_config.with_overrides(strategy.train_config(round))
+        seed = derive_seed(self.setup.seed, round, node, TRAINING)
+        outcome = self.trainer.train(start, self.x, self.y, config, seed, hook)
+        current = (before.to(torch.float64) + outcome.update.to(torch.float64)).to(before.dtype)
+        for step in range(strategy.gossip_steps(round)):
+            message = strategy.message(node, step, before, current, state)
+            received = exchange(round, step, message, self.receivers(round, step), self.senders(round, step))
+            mixed, inbox = self._mix(round, step, received | {node: message})
+            current = strategy.combine(node, step, before, current, mixed, state, inbox)
+        if not torch.isfinite(current).all():
+            raise FloatingPointError(f"node {node}, round {round}: the model holds NaN or Inf (try a smaller lr)")
+        self.params = current
+        return outcome.loss
+
+    def _mix(self, round: int, step: int, messages: dict[int, Tensor]) -> tuple[Tensor, list | None]:
+        """sum_j w_ij m_j over the node's row of W, with the simulation's product (ascending j, float64, from 0),
+        and the (j, w_ij, m_j) list for a strategy that needs it."""
+        row = self.topology.mixing(round, step).getrow(self.node)
+        order = np.argsort(row.indices)
+        senders, weights = row.indices[order].tolist(), row.data[order]
+        compact = sp.csr_matrix((weights, np.arange(len(senders)), [0, len(senders)]), shape=(1, len(senders)))
+        mixed = mix(compact, torch.stack([messages[j] for j in senders]))[0]
+        inbox = [(j, float(w), messages[j]) for j, w in zip(senders, weights)] if self.strategy.needs_inbox else None
+        return mixed, inbox
+
+    def model_params(self) -> Tensor:
+        """The model the node's parameters stand for (push-sum divides by its weight)."""
+        return self.strategy.model_of(self.node, self.params, self.state)
+
+    def test_accuracy(self) -> float:
+        """The node's own model on the central test set."""
+        data = self.setup.data
+        self.spec.load(self.model, self.model_params())
+        cpu = torch.device("cpu")
+        _, correct, count = evaluate(self.model, as_tensor(data.test_x, cpu), as_tensor(data.test_y, cpu))
+        return correct / max(count, 1)
+
+
+def check_peers(topology: Topology, node: int, peers: dict[int, str]) -> None:
+    """The peers given must be exactly the node's neighbours in the topology (in or out, over one period)."""
+    ins, outs = neighbours(topology, node)
+    missing, extra = sorted((ins | outs) - set(peers)), sorted(set(peers) - (ins | outs))
+    if missing or extra:
+        raise ConfigError(f"node {node} on the {topology.name} topology has neighbours {sorted(ins | outs)}; --peers "
+                          f"gives {sorted(peers)}" + (f" (missing {missing})" if missing else "")
+                          + (f" (not neighbours: {extra})" if extra else ""))
+
+
+def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str], security: Security = Security(),
+             log: TextIO = sys.stderr) -> Path:
+    """Run node `node_id` for `config.rounds` rounds, listening on `listen` and dialling `peers` (id -> HOST:PORT);
+    writes output_dir/NAME/node-ID.pt (the flat parameters and their entries, as model.pt) and returns its path."""
+    if kind(config.strategy.name) != "decentralized":
+        raise ConfigError(f"fl node runs a decentralized strategy; {config.strategy.name!r} is "
+                          f"{kind(config.strategy.name)} (see `fl strategies`)")
+    data = build_data(config.data, config.seed)
+    if not 0 <= node_id < data.num_clients:
+        raise ConfigError(f"--node-id must be in 0..{data.num_clients - 1}, got {node_id}")
+    node = Node(gossip_setup(config, data, build_model_fn(config.model, data)), node_id)
+    check_peers(node.topology, node_id, peers)
+    transport = config.transport
+    inbox = Inbox(node_id, node.senders, *node.message_size())
+    tls = (security.tls_cert, security.tls_key) if security.tls_cert else None
+    server = GossipServer(inbox, listen, tls=tls, auth_secret=security.secret, chunk_size=transport.chunk_bytes)
+    token = client_token(security.secret, node_id) if security.secret is not None else None
+    clients = {peer: GossipClient(address, node_id, token=token, root_cert_path=security.root_cert or None,
+                                  chunk_size=transport.chunk_bytes, timeout_seconds=transport.timeout_seconds)
+               for peer, address in peers.items()}
+    print(f"node {node_id}: listening on {listen.rsplit(':', 1)[0]}:{server.port}; peers {sorted(peers)}",
+          file=log, flush=True)
+    sent = [0]
+
+    def exchange(round: int, step: int, message: Tensor, receivers: list[int], senders: list[int]) -> dict[int, Tensor]:
+        sent[0] += sum(clients[peer].send(round, step, message) for peer in receivers)
+        return inbox.wait_for(round, step, senders, transport.timeout_seconds)
+
+    try:
+        for round in range(1, config.rounds + 1):
+            start, sent[0] = time.perf_counter(), 0
+            loss = node.run_round(round, exchange)
+            print(f"node {node_id}: round {round}: train loss {loss:.4f}, sent {sent[0]} bytes, "
+                  f"{time.perf_counter() - start:.2f} s", file=log, flush=True)
+    finally:
+        for client in clients.values():
+            client.close()
+        server.stop(grace=1.0)
+    path = Path(config.output_dir) / config.name / f"node-{node_id}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [{"name": e.name, "shape": list(e.shape), "dtype": str(e.dtype), "offset": e.offset}
+               for e in node.spec.entries]
+    torch.save({"params": node.model_params().clone(), "entries": entries, "node": node_id, "rounds": config.rounds},
+               path)
+    print(f"node {node_id}: done after {config.rounds} rounds, test accuracy {node.test_accuracy():.4f}; wrote {path}",
+          file=log, flush=True)
+    return path

@@ -1,0 +1,173 @@
+"""`fl node` processes gossip over gRPC: the example's ring of eight ends with the simulation's nodes bit for bit, as
+do two nodes with TLS and tokens; a node's inbox refuses wrong tokens, non-peers, wrong sizes and rounds far ahead."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from fl.cli import main
+from fl.config import RunConfig, load_config
+from fl.gossip_sim import GossipRun, gossip_setup
+from fl.scenario import build_data, build_model_fn
+from transport.auth import client_token
+from transport.gossip_peer import GossipClient, GossipServer, Inbox
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gossip_deploy"
+SECRET = b"gossip-test-secret"
+SIZE = 10
+
+
+def simulated_nodes(config: RunConfig) -> torch.Tensor:
+    """Every node's model after the config's rounds, in the simulation with engine "nodes"."""
+    config = dataclasses.replace(config, topology=dataclasses.replace(config.topology, engine="nodes"))
+    data = build_data(config.data, config.seed)
+    run = GossipRun(gossip_setup(config, data, build_model_fn(config.model, data)))
+    for round in range(1, config.rounds + 1):
+        run.run_round(round)
+    return run.node_models()
+
+
+def node_models(folder: Path, count: int) -> list[torch.Tensor]:
+    return [torch.load(folder / f"node-{node}.pt")["params"] for node in range(count)]
+
+
+def test_the_example_ring_of_eight_node_processes_equals_the_simulation(tmp_path) -> None:
+    # Execute: the example, 8 `fl node` processes on 127.0.0.1 for 3 rounds
+    completed = subprocess.run([sys.executable, str(EXAMPLE / "run_ring.py"), "--rounds", "3", "--out", str(tmp_path)],
+                               capture_output=True, text=True, timeout=240)
+    # Assert: the script's averaged comparison, and every node against its row of the simulation
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "equal the simulation's (torch.equal): True" in completed.stdout
+    config = load_config(EXAMPLE / "ring.toml", ["rounds=3"])
+    expected = simulated_nodes(config)
+    for node, params in enumerate(node_models(tmp_path / "gossip_deploy", 8)):
+        assert torch.equal(params, expected[node]), f"node {node}"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_nodes_with_tls_and_tokens_equal_the_simulation(tmp_path, certificate) -> None:
+    # Prepare: a ring of two nodes (one edge), a secret, the certificate for 127.0.0.1
+    cert, key = certificate
+    (tmp_path / "secret").write_bytes(SECRET)
+    overrides = ["data.num_clients=2", "sampling.per_round=2", "rounds=2", f'output_dir="{tmp_path}"']
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    # Execute
+    nodes = [subprocess.Popen([sys.executable, "-m", "fl.cli", "node", "--config", str(EXAMPLE / "ring.toml"),
+                               "--node-id", str(node), "--listen", addresses[node],
+                               "--peers", f"{1 - node}={addresses[1 - node]}", "--tls-cert", cert, "--tls-key", key,
+                               "--root-cert", cert, "--secret-file", str(tmp_path / "secret"),
+                               *(item for override in overrides for item in ("--set", override))],
+                              stderr=subprocess.PIPE, text=True) for node in range(2)]
+    logs = [node.communicate(timeout=120)[1] for node in nodes]
+    # Assert
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)
+    assert all("round 2: train loss" in log for log in logs)
+    expected = simulated_nodes(load_config(EXAMPLE / "ring.toml", overrides))
+    for node, params in enumerate(node_models(tmp_path / "gossip_deploy", 2)):
+        assert torch.equal(params, expected[node])
+
+
+def test_peers_that_are_not_the_topologys_neighbours_stop_the_node(capsys) -> None:
+    code = main(["node", "--config", str(EXAMPLE / "ring.toml"), "--node-id", "0", "--listen", "127.0.0.1:0",
+                 "--peers", "1=127.0.0.1:1,2=127.0.0.1:2"])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "has neighbours [1, 7]; --peers gives [1, 2] (missing [7]) (not neighbours: [2])" in error
+
+
+@pytest.fixture
+def peer():
+    """Node 0's inbox (in-neighbours 1 and 7, messages of SIZE float32) behind a server that requires tokens."""
+    inbox = Inbox(0, lambda round, step: [1, 7], SIZE, torch.float32)
+    server = GossipServer(inbox, "127.0.0.1:0", auth_secret=SECRET)
+    yield inbox, f"127.0.0.1:{server.port}"
+    server.stop(None)
+
+
+def sender(address: str, node: int, token_of: int | None = None, **options) -> GossipClient:
+    token = client_token(SECRET, node if token_of is None else token_of)
+    return GossipClient(address, node, token=token, timeout_seconds=options.pop("timeout_seconds", 5), **options)
+
+
+def refusal(client: GossipClient, *args) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        client.send(*args)
+    client.close()
+    return error.value.code()
+
+
+def test_a_peers_message_arrives_bit_for_bit(peer) -> None:
+    inbox, address = peer
+    message = torch.randn(SIZE)
+
+    received = sender(address, 7).send(1, 0, message)
+
+    assert received > 4 * SIZE
+    assert torch.equal(inbox.wait_for(1, 0, [7], timeout=5)[7], message)
+
+
+def test_a_wrong_or_missing_token_is_unauthenticated(peer) -> None:
+    inbox, address = peer
+
+    assert refusal(sender(address, 1, token_of=7), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.UNAUTHENTICATED
+    assert refusal(GossipClient(address, 1, timeout_seconds=5), 1, 0, torch.zeros(SIZE)) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(TimeoutError, match=r"from node\(s\) \[1\]"):
+        inbox.wait_for(1, 0, [1], timeout=0.1)
+
+
+def test_a_message_from_a_node_that_is_not_an_in_neighbour_is_refused(peer) -> None:
+    _, address = peer
+
+    assert refusal(sender(address, 3), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_wrong_sizes_repeats_old_rounds_and_rounds_far_ahead_are_refused(peer) -> None:
+    inbox, address = peer
+    one, seven = sender(address, 1), sender(address, 7)
+    # Prepare: round 1 mixed, round 2 of node 1 held
+    seven.send(1, 0, torch.zeros(SIZE))
+    one.send(1, 0, torch.zeros(SIZE))
+    inbox.wait_for(1, 0, [1, 7], timeout=5)
+    one.send(2, 0, torch.zeros(SIZE))
+    # Assert
+    assert refusal(sender(address, 7), 2, 0, torch.zeros(SIZE + 1)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal(sender(address, 7), 2, 0, torch.zeros(SIZE, dtype=torch.float64)) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal(sender(address, 7), 2, 0, torch.full((SIZE,), float("nan"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal(sender(address, 1), 2, 0, torch.zeros(SIZE)) == grpc.StatusCode.ALREADY_EXISTS
+    assert refusal(sender(address, 7), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert refusal(sender(address, 7, timeout_seconds=0.3), 4, 0, torch.zeros(SIZE)) == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED  # retried until the client's timeout: node 0 holds rounds up to 3
+    assert set(inbox.wait_for(2, 0, [1], timeout=5)) == {1}
+
+
+def test_tls_carries_a_message(certificate) -> None:
+    cert, key = certificate
+    inbox = Inbox(0, lambda round, step: [1], SIZE, torch.float32)
+    server = GossipServer(inbox, "127.0.0.1:0", tls=(cert, key))
+    client = GossipClient(f"127.0.0.1:{server.port}", 1, root_cert_path=cert, timeout_seconds=10)
+    try:
+        client.send(1, 0, torch.arange(SIZE, dtype=torch.float32))
+        assert torch.equal(inbox.wait_for(1, 0, [1], timeout=5)[1], torch.arange(SIZE, dtype=torch.float32))
+    finally:
+        client.close()
+        server.stop(None)

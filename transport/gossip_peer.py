@@ -1,0 +1,224 @@
+"""Gossip between node processes (`fl node`): every node serves an `Inbox` of its in-neighbours' messages over gRPC,
+and pushes its own messages to its out-neighbours with a `GossipClient`.
+
+A message is one flat tensor of one (round, step). It travels as the `Gossip.Send` stream of fl.proto: a params
+header whose version is the round (the identity codec's payload, so the bits arrive as sent) and its data frames;
+the call's metadata names the sender (with its token when the nodes share a secret) and the gossip step.
+
+The inbox refuses, with a status and a message, and stays unchanged:
+  UNAUTHENTICATED     a missing or wrong token (when the node has a secret)
+  PERMISSION_DENIED   a sender that is not an in-neighbour in that round and step
+  INVALID_ARGUMENT    a malformed stream, or a message that is not the expected size and dtype or not finite
+  FAILED_PRECONDITION a (round, step) the node has already mixed
+  ALREADY_EXISTS      a second message of the same sender for one (round, step)
+  RESOURCE_EXHAUSTED  a round more than `ahead` rounds beyond the last one mixed (the sender retries later)
+so it holds at most `ahead` rounds of messages of its in-neighbours.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from torch import Tensor
+
+from transport import framing, wire
+from transport.auth import CLIENT_KEY, TOKEN_KEY, authenticated_client
+from transport.board import Refused
+from transport.codecs.cast import IdentityCodec
+from transport.grpc_server import ListenError
+from transport.proto import fl_pb2, fl_pb2_grpc
+
+Code = grpc.StatusCode
+STEP_KEY = "x-fl-step"
+AHEAD_ROUNDS = 2  # messages of at most this many rounds beyond the last mixed one are held
+RETRY = (Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED)  # a peer that is not up yet, or is rounds behind
+CONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]  # peers start in any order: dial them again soon
+
+
+class Inbox:
+    """The messages a node has received and not yet mixed, keyed by (round, step, sender)."""
+
+    def __init__(self, node: int, senders: Callable[[int, int], Iterable[int]], numel: int, dtype: torch.dtype,
+                 ahead: int = AHEAD_ROUNDS) -> None:
+        """`senders(round, step)`: the node's in-neighbours in that step; messages are 1-D of `numel` `dtype`."""
+        self.node, self.senders, self.numel, self.dtype, self.ahead = node, senders, numel, dtype, ahead
+        self.max_bytes = numel * dtype.itemsize
+        self._messages: dict[tuple[int, int, int], Tensor] = {}
+        self._mixed = (0, 0)  # the last (round, step) taken: nothing at or before it is accepted again
+        self._changed = threading.Condition()
+
+    def check(self, round: int, step: int, sender: int) -> None:
+        """Refused unless a message of `sender` for (round, step) is welcome now (before its data is read)."""
+        if round < 1 or step < 0:
+            raise Refused(Code.INVALID_ARGUMENT, f"round must be >= 1 and step >= 0, got round {round}, step {step}")
+        try:
+            senders = set(self.senders(round, step))
+        except ValueError as error:  # a step the topology does not have
+            raise Refused(Code.INVALID_ARGUMENT, str(error)) from None
+        if sender not in senders:
+            raise Refused(Code.PERMISSION_DENIED, f"node {sender} is not an in-neighbour of node {self.node} in round "
+                                                  f"{round}, step {step}")
+        with self._changed:
+            if (round, step) <= self._mixed:
+                raise Refused(Code.FAILED_PRECONDITION,
+                              f"node {self.node} has already mixed round {round}, step {step}")
+            if round > self._mixed[0] + self.ahead:
+                raise Refused(Code.RESOURCE_EXHAUSTED, f"node {self.node} holds messages of rounds up to "
+                                                       f"{self._mixed[0] + self.ahead}, not {round}: retry later")
+            if (round, step, sender) in self._messages:
+                raise Refused(Code.ALREADY_EXISTS, f"node {self.node} already holds node {sender}'s message of round "
+                                                   f"{round}, step {step}")
+
+    def put(self, round: int, step: int, sender: int, message: Tensor) -> None:
+        """Keep `message`, or refuse it (see the module docstring)."""
+        if message.dim() != 1 or message.numel() != self.numel or message.dtype != self.dtype:
+            raise Refused(Code.INVALID_ARGUMENT, f"a message holds {self.numel} {self.dtype} values, got "
+                                                 f"{tuple(message.shape)} {message.dtype}")
+        if message.is_floating_point() and not torch.isfinite(message).all():
+            raise Refused(Code.INVALID_ARGUMENT, f"node {sender}'s message of round {round} holds NaN or Inf")
+        with self._changed:
+            self.check(round, step, sender)
+            self._messages[(round, step, sender)] = message
+            self._changed.notify_all()
+
+    def wait_for(self, round: int, step: int, senders: Iterable[int], timeout: float) -> dict[int, Tensor]:
+        """The messages of `senders` for (round, step), once all are in; TimeoutError after `timeout` seconds."""
+        keys = [(round, step, sender) for sender in senders]
+        with self._changed:
+            if not self._changed.wait_for(lambda: all(key in self._messages for key in keys), timeout):
+                missing = sorted(sender for _, _, sender in set(keys) - set(self._messages))
+                raise TimeoutError(f"node {self.node}: no message of round {round}, step {step} from node(s) "
+                                   f"{missing} within {timeout:g} s (are they running, with matching TLS and tokens?)")
+            self._mixed = (round, step)
+            return {key[2]: self._messages.pop(key) for key in keys}
+
+
+class GossipServicer:
+    """`Gossip.Send`: read one message, check it, and put it in the inbox."""
+
+    def __init__(self, inbox: Inbox, auth_secret: bytes | None) -> None:
+        self.inbox, self.auth_secret = inbox, auth_secret
+
+    def Send(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        try:
+            sizes: list[int] = []
+            frames = framing.parse(request_iterator, sizes)
+            sender, step = self._caller(context)
+            header = _invalid(framing.read_header, frames, ("params",))
+            round = header.params.version
+            self.inbox.check(round, step, sender)
+            parts = _invalid(framing.read_parts, header, frames, self.inbox.max_bytes)
+            message = _invalid(_tensor, header, parts, frames)
+            self.inbox.put(round, step, sender, message)
+        except Refused as refusal:
+            context.abort(refusal.code, str(refusal))
+        return fl_pb2.GossipAck(received_bytes=sum(sizes)).SerializeToString()
+
+    def _caller(self, context: grpc.ServicerContext) -> tuple[int, int]:
+        """(sender, step) from the call's metadata; the sender proven by its token when the node has a secret."""
+        metadata = context.invocation_metadata() or ()
+        values = dict(metadata)
+        if self.auth_secret is not None and authenticated_client(self.auth_secret, metadata) is None:
+            raise Refused(Code.UNAUTHENTICATED, "missing or wrong node token (is it the token of this node id?)")
+        try:
+            return int(values.get(CLIENT_KEY, "")), int(values.get(STEP_KEY, ""))
+        except ValueError:
+            raise Refused(Code.INVALID_ARGUMENT, f"a gossip call names its sender ({CLIENT_KEY}) and step "
+                                                 f"({STEP_KEY}) as integers") from None
+
+
+def _tensor(header: fl_pb2.Frame, parts: list[bytearray], frames: Iterator[fl_pb2.Frame]) -> Tensor:
+    """The message a params header and its parts' bytes carry (an identity payload), with no frame after it."""
+    extra = next(frames, None)
+    if extra is not None:
+        raise framing.surplus(extra)
+    params = wire.params_from_frame(header, parts)
+    if params.base_version or params.state:
+        raise ValueError("a gossip message is one whole tensor: no base version, no state")
+    return IdentityCodec().decode(params.payload, {})[0]
+
+
+def _invalid(function: Callable, *args):
+    """`function(*args)`, with a ValueError turned into INVALID_ARGUMENT."""
+    try:
+        return function(*args)
+    except ValueError as error:
+        raise Refused(Code.INVALID_ARGUMENT, str(error)) from error
+
+
+class GossipServer:
+    """A gRPC server for one node's inbox; `port` is the port it listens on."""
+
+    def __init__(self, inbox: Inbox, address: str = "127.0.0.1:0", *, tls: tuple[str, str] | None = None,
+                 auth_secret: bytes | None = None, chunk_size: int = framing.DEFAULT_CHUNK_SIZE,
+                 max_calls: int = 64) -> None:
+        """`tls`: (cert_path, key_path); `auth_secret`: every sender must prove its id with its token."""
+        limit = chunk_size + framing.HEADER_ROOM
+        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                   ("grpc.so_reuseport", 0)]
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="fl-gossip"),
+                                   options=options, maximum_concurrent_rpcs=max_calls)
+        handler = grpc.stream_unary_rpc_method_handler(GossipServicer(inbox, auth_secret).Send)
+        service = fl_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Send": handler}),))
+        try:
+            self.port = self._add_port(address, tls)
+        except RuntimeError as error:
+            raise ListenError(f"cannot listen on {address} ({error}): is another process using that port?") from None
+        self._server.start()
+
+    def _add_port(self, address: str, tls: tuple[str, str] | None) -> int:
+        if tls is None:
+            return self._server.add_insecure_port(address)
+        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        return self._server.add_secure_port(address, credentials)
+
+    def stop(self, grace: float | None = None) -> None:
+        self._server.stop(grace).wait()
+
+
+class GossipClient:
+    """Pushes one node's messages to one peer: it waits for the peer to come up, and retries while the peer is
+    rounds behind, until `timeout_seconds` have passed."""
+
+    def __init__(self, address: str, node_id: int, *, token: str | None = None, root_cert_path: str | None = None,
+                 chunk_size: int = framing.DEFAULT_CHUNK_SIZE, timeout_seconds: float = 60.0) -> None:
+        self.node_id, self.token, self.chunk_size, self.timeout_seconds = node_id, token, chunk_size, timeout_seconds
+        limit = chunk_size + framing.HEADER_ROOM
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+                   *CONNECT_OPTIONS]
+        if root_cert_path is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            with open(root_cert_path, "rb") as cert:
+                credentials = grpc.ssl_channel_credentials(root_certificates=cert.read())
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._stub = fl_pb2_grpc.GossipStub(self._channel)
+
+    def send(self, round: int, step: int, message: Tensor) -> int:
+        """Push this node's message of (round, step); returns the bytes the peer received."""
+        payload, _ = IdentityCodec().encode(message.detach().cpu().contiguous(), {})
+        header, parts = wire.params_frame(wire.ParamsMessage(round, payload))
+        metadata = ((CLIENT_KEY, str(self.node_id)), (STEP_KEY, str(step)))
+        metadata += ((TOKEN_KEY, self.token),) if self.token is not None else ()
+        deadline, pause = time.monotonic() + self.timeout_seconds, 0.05
+        while True:
+            try:
+                reply = self._stub.Send(framing.to_frames(header, parts, self.chunk_size), metadata=metadata,
+                                        timeout=max(deadline - time.monotonic(), 0.001), wait_for_ready=True)
+                return reply.received_bytes
+            except grpc.RpcError as error:
+                if error.code() not in RETRY or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
+    def close(self) -> None:
+        self._channel.close()
