@@ -12,7 +12,9 @@ the same set).
                     from dpsgd-indep only by the variance correction;
       dpsgd-indep   D-PSGD (plain averaging, Metropolis weights 1/5) from the same independent initial models;
       dpsgd-shared  D-PSGD from one shared initial model (for reference);
-      fedavg        synchronous FedAvg, all 32 clients every round, the same data, model and local steps.
+      fedavg        synchronous FedAvg, all 32 clients every round, the same data, model and local steps;
+    and, to tell the graph from the initialization, vc and dpsgd-indep on the complete graph (uniform weights 1/32,
+    as FedAvg's average), where only the independent initial models set them apart from FedAvg.
     Prints the averaged model's accuracy at a few rounds, the rounds it takes the averaged model and the nodes' mean
     accuracy to reach `--target`, and both at the end. FedAvg has one model: its node accuracy is its test accuracy.
 
@@ -50,6 +52,10 @@ CLAIM_A = {
     "dpsgd-indep": ['strategy.name="dpsgd"', *REGULAR, *INDEPENDENT],
     "dpsgd-shared": ['strategy.name="dpsgd"', *REGULAR],
     "fedavg": ['strategy.name="fedavg"', "sampling.per_round=32"],
+    # The complete graph: every node averages all 32 models, as FedAvg's server does (c = 1/32: uniform weights).
+    "vc complete": ['strategy.name="variance_corrected"', "strategy.conservative=0.03125", 'topology.name="complete"',
+                    *INDEPENDENT],
+    "dpsgd-indep complete": ['strategy.name="dpsgd"', 'topology.name="complete"', *INDEPENDENT],
 }
 CHECKPOINTS = (5, 10, 20, 40)
 
@@ -92,9 +98,10 @@ def rounds_to(rows: list[dict], target: float, value=lambda m: m["test_accuracy"
 
 def claim_a(results: dict, args: argparse.Namespace) -> None:
     checkpoints = [r for r in CHECKPOINTS if r < args.rounds]
-    header = (f"{'run':<14}" + "".join(f"{f'@{r}':>7}" for r in checkpoints)
+    header = (f"{'run':<22}" + "".join(f"{f'@{r}':>7}" for r in checkpoints)
               + f"{'final':>7}{'to ' + str(args.target):>8}{'node mean':>10}{'node to':>8}{'node min':>9}")
-    print(f"(a) random 4-regular graph, independent initial models (fedavg: shared), {args.rounds} rounds; "
+    print(f"(a) random 4-regular graph unless named, independent initial models (fedavg, dpsgd-shared: one shared), "
+          f"{args.rounds} rounds; "
           f"averaged-model accuracy at rounds, rounds to {args.target}, and the nodes' own models")
     for seed in args.seeds:
         print(f"seed {seed}\n{header}")
@@ -102,7 +109,7 @@ def claim_a(results: dict, args: argparse.Namespace) -> None:
             rows = results[(name, seed)]
             at = "".join(f"{rows[r - 1]['test_accuracy']:>7.3f}" for r in checkpoints)
             last = rows[-1]
-            print(f"{name:<14}{at}{last['test_accuracy']:>7.3f}{rounds_to(rows, args.target):>8}"
+            print(f"{name:<22}{at}{last['test_accuracy']:>7.3f}{rounds_to(rows, args.target):>8}"
                   f"{node_mean(last):>10.3f}{rounds_to(rows, args.target, node_mean):>8}"
                   f"{last.get('node_accuracy_min', last['test_accuracy']):>9.3f}")
     print(f"mean over seeds\n{header}")
@@ -110,7 +117,7 @@ def claim_a(results: dict, args: argparse.Namespace) -> None:
         runs = [results[(name, seed)] for seed in args.seeds]
         mean = lambda value: float(np.mean([value(rows) for rows in runs]))  # noqa: E731
         at = "".join(f"{mean(lambda rows: rows[r - 1]['test_accuracy']):>7.3f}" for r in checkpoints)
-        print(f"{name:<14}{at}{mean(lambda rows: rows[-1]['test_accuracy']):>7.3f}{'':>8}"
+        print(f"{name:<22}{at}{mean(lambda rows: rows[-1]['test_accuracy']):>7.3f}{'':>8}"
               f"{mean(lambda rows: node_mean(rows[-1])):>10.3f}{'':>8}"
               f"{mean(lambda rows: rows[-1].get('node_accuracy_min', rows[-1]['test_accuracy'])):>9.3f}")
 
