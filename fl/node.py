@@ -188,15 +188,20 @@ def check_peers(topology: Topology, node: int, peers: dict[int, str]) -> None:
 
 def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str], security: Security = Security(),
              log: TextIO = sys.stderr) -> Path:
-    """Run node `node_id` for `config.rounds` rounds, listening on `listen` and dialling `peers` (id -> HOST:PORT);
-    writes output_dir/NAME/node-ID.pt (the flat parameters and their entries, as model.pt) and returns its path."""
+    """Run node `node_id` for `config.rounds` rounds, listening on `listen` and dialling `peers` (id -> HOST:PORT)
+    with `security` (`fl node` fills it from its options or the config's transport keys); writes
+    output_dir/NAME/node-ID.pt (the node's model and its entries, as model.pt) and returns its path."""
     if kind(config.strategy.name) != "decentralized":
         raise ConfigError(f"fl node runs a decentralized strategy; {config.strategy.name!r} is "
                           f"{kind(config.strategy.name)} (see `fl strategies`)")
     data = build_data(config.data, config.seed)
     if not 0 <= node_id < data.num_clients:
         raise ConfigError(f"--node-id must be in 0..{data.num_clients - 1}, got {node_id}")
-    node = Node(gossip_setup(config, data, build_model_fn(config.model, data)), node_id)
+    setup = gossip_setup(config, data, build_model_fn(config.model, data))
+    if getattr(type(setup.strategy), "asynchronous", False):
+        raise ConfigError(f"fl node runs synchronous gossip rounds; {config.strategy.name!r} is asynchronous (it runs "
+                          f"as a simulation on the virtual clock)")
+    node = Node(setup, node_id)
     check_peers(node.topology, node_id, peers)
     transport = config.transport
     inbox = Inbox(node_id, node.senders, *node.message_size())
@@ -208,17 +213,18 @@ def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str]
                for peer, address in peers.items()}
     print(f"node {node_id}: listening on {listen.rsplit(':', 1)[0]}:{server.port}; peers {sorted(peers)}",
           file=log, flush=True)
-    sent = [0]
+    sent = 0
 
     def exchange(round: int, step: int, message: Tensor, receivers: list[int], senders: list[int]) -> dict[int, Tensor]:
-        sent[0] += sum(clients[peer].send(round, step, message) for peer in receivers)
+        nonlocal sent
+        sent += sum(clients[peer].send(round, step, message) for peer in receivers)
         return inbox.wait_for(round, step, senders, transport.timeout_seconds)
 
     try:
         for round in range(1, config.rounds + 1):
-            start, sent[0] = time.perf_counter(), 0
+            start, sent = time.perf_counter(), 0
             loss = node.run_round(round, exchange)
-            print(f"node {node_id}: round {round}: train loss {loss:.4f}, sent {sent[0]} bytes, "
+            print(f"node {node_id}: round {round}: train loss {loss:.4f}, sent {sent} bytes, "
                   f"{time.perf_counter() - start:.2f} s", file=log, flush=True)
     finally:
         for client in clients.values():

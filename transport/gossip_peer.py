@@ -12,7 +12,8 @@ The inbox refuses, with a status and a message, and stays unchanged:
   FAILED_PRECONDITION a (round, step) the node has already mixed
   ALREADY_EXISTS      a second message of the same sender for one (round, step)
   RESOURCE_EXHAUSTED  a round more than `ahead` rounds beyond the last one mixed (the sender retries later)
-so it holds at most `ahead` rounds of messages of its in-neighbours.
+so it holds at most `ahead` rounds of messages of its in-neighbours. The server reads messages on a few threads: a
+sender that stalls in the middle of a message holds one until its call's deadline.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ class GossipServer:
         limit = chunk_size + framing.HEADER_ROOM
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", 0)]
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="fl-gossip"),
-                                   options=options, maximum_concurrent_rpcs=max_calls)
+        self._threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fl-gossip")
+        self._server = grpc.server(self._threads, options=options, maximum_concurrent_rpcs=max_calls)
         handler = grpc.stream_unary_rpc_method_handler(GossipServicer(inbox, auth_secret).Send)
         service = fl_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Send": handler}),))
@@ -182,15 +183,17 @@ class GossipServer:
 
     def stop(self, grace: float | None = None) -> None:
         self._server.stop(grace).wait()
+        self._threads.shutdown(wait=False)
 
 
 class GossipClient:
     """Pushes one node's messages to one peer: it waits for the peer to come up, and retries while the peer is
-    rounds behind, until `timeout_seconds` have passed."""
+    rounds behind, until `timeout_seconds` have passed (then TimeoutError)."""
 
     def __init__(self, address: str, node_id: int, *, token: str | None = None, root_cert_path: str | None = None,
                  chunk_size: int = framing.DEFAULT_CHUNK_SIZE, timeout_seconds: float = 60.0) -> None:
-        self.node_id, self.token, self.chunk_size, self.timeout_seconds = node_id, token, chunk_size, timeout_seconds
+        self.address, self.node_id, self.token = address, node_id, token
+        self.chunk_size, self.timeout_seconds = chunk_size, timeout_seconds
         limit = chunk_size + framing.HEADER_ROOM
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
                    *CONNECT_OPTIONS]
@@ -208,15 +211,22 @@ class GossipClient:
         header, parts = wire.params_frame(wire.ParamsMessage(round, payload))
         metadata = ((CLIENT_KEY, str(self.node_id)), (STEP_KEY, str(step)))
         metadata += ((TOKEN_KEY, self.token),) if self.token is not None else ()
-        deadline, pause = time.monotonic() + self.timeout_seconds, 0.05
+        deadline, pause, refused = time.monotonic() + self.timeout_seconds, 0.05, None
         while True:
             try:
                 reply = self._stub.Send(framing.to_frames(header, parts, self.chunk_size), metadata=metadata,
                                         timeout=max(deadline - time.monotonic(), 0.001), wait_for_ready=True)
                 return reply.received_bytes
             except grpc.RpcError as error:
+                if error.code() == Code.DEADLINE_EXCEEDED and refused is not None:
+                    raise refused from None  # the peer refused until the time ran out
+                if error.code() == Code.DEADLINE_EXCEEDED:
+                    raise TimeoutError(f"node {self.node_id}: the peer at {self.address} took no message of round "
+                                       f"{round} within {self.timeout_seconds:g} s (is it running, with matching TLS "
+                                       f"settings?)") from error
                 if error.code() not in RETRY or time.monotonic() + pause > deadline:
                     raise
+                refused = error
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
 

@@ -1,5 +1,6 @@
 """`fl node` processes gossip over gRPC: the example's ring of eight ends with the simulation's nodes bit for bit, as
-do two nodes with TLS and tokens; a node's inbox refuses wrong tokens, non-peers, wrong sizes and rounds far ahead."""
+do two nodes with TLS and tokens, and nodes of every synchronous gossip strategy in threads; a node's inbox refuses
+wrong tokens, non-peers, wrong sizes and rounds far ahead."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,8 +19,10 @@ import torch
 from fl.cli import main
 from fl.config import RunConfig, load_config
 from fl.gossip_sim import GossipRun, gossip_setup
+from fl.node import Node
 from fl.scenario import build_data, build_model_fn
 from transport.auth import client_token
+from transport.board import Refused
 from transport.gossip_peer import GossipClient, GossipServer, Inbox
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gossip_deploy"
@@ -52,6 +57,52 @@ def test_the_example_ring_of_eight_node_processes_equals_the_simulation(tmp_path
         assert torch.equal(params, expected[node]), f"node {node}"
 
 
+def run_nodes_in_threads(config: RunConfig) -> list[torch.Tensor]:
+    """Every `Node` of the config in a thread of its own, messages handed over through their inboxes (no gRPC)."""
+    data = build_data(config.data, config.seed)
+    setup = gossip_setup(config, data, build_model_fn(config.model, data))
+    nodes = [Node(setup, node) for node in range(data.num_clients)]  # one after the other: they seed torch
+    inboxes = [Inbox(node.node, node.senders, *node.message_size()) for node in nodes]
+
+    def deliver(receiver: int, *message) -> None:
+        while True:
+            try:
+                return inboxes[receiver].put(*message)
+            except Refused as refusal:  # the receiver is rounds behind: try again, as a GossipClient does
+                assert refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refusal
+                time.sleep(0.01)
+
+    def work(node: Node) -> None:
+        def exchange(round: int, step: int, message: torch.Tensor, receivers: list[int], senders: list[int]):
+            for receiver in receivers:
+                deliver(receiver, round, step, node.node, message)
+            return inboxes[node.node].wait_for(round, step, senders, timeout=60)
+
+        for round in range(1, config.rounds + 1):
+            node.run_round(round, exchange)
+
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        list(pool.map(work, nodes))
+    return [node.model_params() for node in nodes]
+
+
+@pytest.mark.parametrize("overrides", [
+    ['strategy.order="consensus"', "topology.independent_init=true"],
+    ['strategy.name="pushsum"', 'topology.name="directed_exponential"'],
+    ['strategy.name="choco"', 'strategy.compression="topk:ratio=0.1"'],
+    ['strategy.name="dfedsam_mgs"', "strategy.gossip_steps=2", 'topology.name="one_peer_exponential"'],
+    ['strategy.name="variance_corrected"'],
+], ids=["dpsgd-consensus", "pushsum", "choco", "dfedsam-mgs", "variance-corrected"])
+def test_nodes_mixing_their_own_rows_equal_the_simulation(overrides) -> None:
+    config = load_config(EXAMPLE / "ring.toml", ["rounds=2", *overrides])
+
+    models = run_nodes_in_threads(config)
+
+    expected = simulated_nodes(config)
+    for node, params in enumerate(models):
+        assert torch.equal(params, expected[node]), f"node {node}"
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
@@ -82,6 +133,14 @@ def test_two_nodes_with_tls_and_tokens_equal_the_simulation(tmp_path, certificat
     expected = simulated_nodes(load_config(EXAMPLE / "ring.toml", overrides))
     for node, params in enumerate(node_models(tmp_path / "gossip_deploy", 2)):
         assert torch.equal(params, expected[node])
+
+
+def test_an_asynchronous_gossip_strategy_is_refused(capsys) -> None:
+    code = main(["node", "--config", str(EXAMPLE / "ring.toml"), "--node-id", "0", "--listen", "127.0.0.1:0",
+                 "--peers", "1=127.0.0.1:1,7=127.0.0.1:7", "--set", 'strategy.name="async_gossip"'])
+
+    assert code == 2
+    assert "'async_gossip' is asynchronous" in capsys.readouterr().err
 
 
 def test_peers_that_are_not_the_topologys_neighbours_stop_the_node(capsys) -> None:
@@ -171,3 +230,12 @@ def test_tls_carries_a_message(certificate) -> None:
     finally:
         client.close()
         server.stop(None)
+
+
+def test_a_peer_that_never_comes_up_times_out_naming_its_address() -> None:
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    client = GossipClient(address, 3, timeout_seconds=0.5)
+
+    with pytest.raises(TimeoutError, match=f"node 3: the peer at {address} took no message of round 2"):
+        client.send(2, 0, torch.zeros(SIZE))
+    client.close()
