@@ -2,8 +2,8 @@
 
 Synthetic(1,1), 100 clients, the quickstart's MLP (60-200-200-10, SGD lr 0.05, batch 32), 10 local steps per task,
 in-process (local backend, direct channel). Device speeds are lognormal: seconds per training sample with median
-2 ms and sigma 1, so a task of 10 x 32 samples takes 0.64 s on the median device and from about 0.1 s to 6 s across
-the 100 clients; a FedAvg round waits for the slowest of its 10 clients, about 3 virtual seconds. Every run stops
+2 ms and sigma 1, so a task of 10 x 32 samples takes 0.64 s on the median device and from about 0.05 s to 5-10 s across
+the 100 clients; a FedAvg round waits for the slowest of its 10 clients, 2 to 3 virtual seconds. Every run stops
 when the virtual clock reaches the same budget (`--budget`, 100 s). The strategies and their options:
 
   fedavg        synchronous, 10 clients a round
@@ -15,17 +15,18 @@ when the virtual clock reaches the same budget (`--budget`, 100 s). The strategi
                 steps Q in [4, 20] (it sets each task's steps itself), alpha 3, no staleness damping
 
 Each method but FedCompass keeps at most 10 clients training, as FedAvg does; FedCompass keeps all 100 busy and so
-trains about ten times as many samples per virtual second. The options were tuned lightly on seed 0 (one or two
-values each: fedasync alpha 0.6/0.9; fedbuff buffer 3/5, server lr 1/2; fedfix interval 0.75/1.5, server lr 1/2;
-async_fedavg server lr 0.05/0.1/0.2; fedcompass alpha 0.9/3 with Q in [2, 10], [4, 20] or [10, 50]). FedCompass's
-defaults (alpha 0.9, 1 / sqrt(1 + staleness)) learn slowly here: each update weighs alpha / 100, and all 100
-clients together move the model about as far as one FedAvg round, in about as long (0.48 at 150 s on seed 0).
+trains about twenty times as many tasks in the same virtual time. The options were tuned lightly on seed 0, one or two
+values each: fedasync alpha 0.6/0.9; fedbuff buffer 3/5, server lr 1/2, staleness damping or none; fedfix interval
+0.75/1.5, server lr 1/2; async_fedavg server lr 0.05/0.1/0.2; fedcompass with its defaults (alpha 0.9, weight
+1 / sqrt(1 + staleness)) and Q in [2, 10], [4, 20] or [10, 50], then alpha 3 without damping. With the defaults
+FedCompass learns slowly here: each update weighs alpha / 100, so all 100 clients together move the model about as far
+as one FedAvg round, in about as long (0.48 at 150 s on seed 0, where FedBuff with server lr 1 reaches 0.70).
 
 Writes <out>/async_vs_sync.png (test accuracy against virtual time: the mean over seeds as a line, from when every
 seed has an evaluation, and min to max as a band), <out>/async_vs_sync.json and <out>/async_vs_sync.md (per strategy
 and seed: the accuracy at the budget, the virtual time of the first evaluation at or above `--target`, versions
-published and updates applied), and the run directories <out>/<strategy>-s<seed>. A full run takes about 20 minutes
-on two cores, most of it FedCompass's 100 clients in flight; `--jobs 2` runs two at once.
+published and updates applied), and the run directories <out>/<strategy>-s<seed>. A full run takes 15 to 20 minutes
+on two cores, most of it FedCompass's (100 clients in flight); `--jobs N` runs N at once, for machines with more cores.
 
 Run:  python examples/async_vs_sync.py [--seeds 3] [--budget 100] [--target 0.45] [--out DIR] [--jobs N] [--quick]
 """

@@ -33,6 +33,7 @@ from transport.board import Refused
 from transport.codecs.cast import IdentityCodec
 from transport.grpc_server import ListenError
 from transport.proto import fl_pb2, fl_pb2_grpc
+from transport.grpc_common import add_port, open_channel
 
 Code = grpc.StatusCode
 STEP_KEY = "x-fl-step"
@@ -169,17 +170,10 @@ class GossipServer:
         service = fl_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Send": handler}),))
         try:
-            self.port = self._add_port(address, tls)
+            self.port = add_port(self._server, address, tls)
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {address} ({error}): is another process using that port?") from None
         self._server.start()
-
-    def _add_port(self, address: str, tls: tuple[str, str] | None) -> int:
-        if tls is None:
-            return self._server.add_insecure_port(address)
-        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
-            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-        return self._server.add_secure_port(address, credentials)
 
     def stop(self, grace: float | None = None) -> None:
         self._server.stop(grace).wait()
@@ -197,12 +191,7 @@ class GossipClient:
         limit = chunk_size + framing.HEADER_ROOM
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
                    *CONNECT_OPTIONS]
-        if root_cert_path is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            with open(root_cert_path, "rb") as cert:
-                credentials = grpc.ssl_channel_credentials(root_certificates=cert.read())
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._channel = open_channel(address, root_cert_path, options)
         self._stub = fl_pb2_grpc.GossipStub(self._channel)
 
     def send(self, round: int, step: int, message: Tensor) -> int:

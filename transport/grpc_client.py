@@ -21,6 +21,7 @@ from transport.codecs.cast import IdentityCodec
 from transport.downlink import Replica
 from transport.messages import Result, Task
 from transport.proto import fl_pb2, fl_pb2_grpc
+from transport.grpc_common import open_channel
 
 WAIT: Literal["wait"] = "wait"  # no task yet: ask again
 DONE: Literal["done"] = "done"  # the run is over
@@ -60,12 +61,7 @@ class FederationClient:
         self.max_message_bytes = max_message_bytes or chunk_size + framing.HEADER_ROOM
         options = [("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.max_receive_message_length", self.max_message_bytes)]
-        if root_cert_path is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            with open(root_cert_path, "rb") as cert:
-                credentials = grpc.ssl_channel_credentials(root_certificates=cert.read())
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._channel = open_channel(address, root_cert_path, options)
         self._stub = fl_pb2_grpc.FederationStub(self._channel)
         self._params: tuple[int, Payload] | None = None
         self._sessions: dict[int, str] = {}  # client id -> the session a deployed server gave it

@@ -28,6 +28,7 @@ from transport.auth import SESSION_KEY, WORKER, authenticated_client
 from transport.board import Refused, TaskBoard
 from transport.messages import Result, Task, tensor_bytes
 from transport.proto import fl_pb2
+from transport.grpc_common import add_port
 
 Code = grpc.StatusCode
 MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
@@ -323,19 +324,12 @@ class FederationServer:
         self._server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.max_concurrent_calls)
         self._server.add_generic_rpc_handlers((_handlers(servicer),))
         try:
-            port = self._add_port(address, tls)
+            port = add_port(self._server, address, tls)
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {address} ({error}): is another server using that port?") from None
         await self._server.start()
         board.on_change(wakeup.notify)
         return port
-
-    def _add_port(self, address: str, tls: tuple[str, str] | None) -> int:
-        if tls is None:
-            return self._server.add_insecure_port(address)
-        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
-            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-        return self._server.add_secure_port(address, credentials)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving (calls in progress get `grace` seconds) and end the loop's thread."""
