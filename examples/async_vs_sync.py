@@ -25,8 +25,8 @@ as one FedAvg round, in about as long (0.48 at 150 s on seed 0, where FedBuff wi
 Writes <out>/async_vs_sync.png (test accuracy against virtual time: the mean over seeds as a line, from when every
 seed has an evaluation, and min to max as a band), <out>/async_vs_sync.json and <out>/async_vs_sync.md (per strategy
 and seed: the accuracy at the budget, the virtual time of the first evaluation at or above `--target`, versions
-published and updates applied), and the run directories <out>/<strategy>-s<seed>. A full run takes 15 to 20 minutes
-on two cores, most of it FedCompass's (100 clients in flight); `--jobs N` runs N at once, for machines with more cores.
+published and updates applied), and the run directories <out>/<strategy>-s<seed>. A full run takes about 7 minutes
+on two cores with `--jobs 2` (N runs at once, in separate processes), three quarters of it FedCompass's.
 
 Run:  python examples/async_vs_sync.py [--seeds 3] [--budget 100] [--target 0.45] [--out DIR] [--jobs N] [--quick]
 """

@@ -8,6 +8,23 @@ client hook); "auto" takes the vectorized one when the model, the optimizer and 
 counted per directed edge, in bytes (a compressing strategy's payload size, else the message's own size).
 Rounds report the averaged model's test accuracy, the nodes' own accuracies (mean, min, max, on a seeded subset of
 the test set) and the consensus distance.
+
+On a worker pool (`make_channel` and `make_pool`, as a `fl.server.Server` takes them: the Ray backend, or the local
+one with the gRPC channel) the "nodes" engine trains every node as a TRAIN task posted on the channel and run by the
+pool, like a virtual client: the node's own parameters ride in the task's simulation-only state (`NODE_START`,
+uncounted), and its update comes back as the result's update, through the channel's `ResultAdmission`. The same
+`LocalTrainer` code and seeds give the in-process engine's bits with any number of workers on any channel. Each round
+publishes the averaged model only because a channel needs a version for its tasks to name; that traffic (downloads,
+updates) is the simulation's, never counted as gossip. The vectorized engine is one batched step in the process that
+holds the run, so it makes no channel and no pool.
+
+Gossip messages do not cross the channel. A channel links this process to the workers, not node to node, and the
+messages are computed and mixed here, where the strategy and every node's state live (a message depends on the
+node's state, and a round may take several gossip steps, each needing the previous step's combine). Sending each
+node's inbox to a worker and back would count a relay's bytes (twice, plus the published model), not an edge's, and
+mix what was kept here anyway. Real node-to-node messages need the node's state and its combine on the node's side:
+that is `fl node` (transport/gossip_peer.py), whose processes exchange the exact bits over gRPC. Here each message is
+counted once per directed edge it crosses, from the message itself.
 """
 
 from __future__ import annotations
@@ -17,28 +34,33 @@ import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fl.batched_training import BatchedTrainer, accuracies, batchable
+from fl.compression import UplinkDecoder
 from fl.config import GOSSIP_ENGINES
 from fl.gossip import gossip_round
 from fl.models import ModelFn
 from fl.params import ParamSpec
 from fl.seeding import INIT, TOPOLOGY, TRAINING, derive_seed
-from fl.training import LocalTrainer, TrainConfig, evaluate
-from fl.worker import as_tensor
+from fl.pool import WorkerPool
+from fl.training import UPDATE_DTYPES, LocalTrainer, TrainConfig, evaluate
+from fl.validation import ResultAdmission
+from fl.worker import NODE_START, WorkerSetup, as_tensor
 from simulations.federated_data import FederatedData
 from simulations.topologies import Topology, parse_topology
 from strategies.base import ClientHook
 from strategies.gossip.base import Layout, Network
 from strategies.registry import strategy_config
+from transport.channel import Channel, Endpoint
 from transport.codecs.base import Codec
 from transport.codecs.registry import make_codec
-
+from transport.downlink import Broadcast
+from transport.messages import TRAIN, Task
 
 
 NODE_TEST = 2000  # test samples (a seeded subset of the central test set) each node's own model is evaluated on
@@ -72,10 +94,13 @@ class GossipSetup:
     codec: Codec | None = None  # for a strategy that compresses its messages
     eval_every: int = 1  # evaluate the averaged and the node models every N rounds (0: only when asked)
     threads: int = 1  # torch's intra-op threads (many small per-node operations run fastest on one)
+    device: str = "cpu"  # where pool workers train ("auto": CUDA when present); the in-process engines use the CPU
 
 
 class GossipRun:
-    def __init__(self, setup: GossipSetup) -> None:
+    def __init__(self, setup: GossipSetup, make_channel: Callable[[], Channel] | None = None,
+                 make_pool: Callable[[WorkerSetup, Endpoint], WorkerPool] | None = None) -> None:
+        """`make_channel` and `make_pool` (both or neither): the "nodes" engine trains on that pool (see above)."""
         torch.set_num_threads(setup.threads)
         self.setup, data = setup, setup.data
         self.num_nodes = data.num_clients
@@ -98,7 +123,11 @@ class GossipRun:
         self.node_test_x, self.node_test_y = self.test_x[sample], self.test_y[sample]
         self.engine = self._choose_engine()
         self.batched = BatchedTrainer(setup.model_fn(), device) if self.engine == "vectorized" else None
-        self.trainer = LocalTrainer(setup.model_fn(), device) if self.engine == "nodes" else None
+        self.channel: Channel | None = None
+        self.pool: WorkerPool | None = None
+        if self.engine == "nodes" and make_pool is not None:
+            self._start_pool(make_channel, make_pool)
+        self.trainer = LocalTrainer(setup.model_fn(), device) if self.engine == "nodes" and self.pool is None else None
         self.edge_bytes: dict[tuple[int, int], int] = defaultdict(int)
         self.spectral_gap = self.topology.spectral_gap()
 
@@ -121,6 +150,18 @@ class GossipRun:
         if "compressor" in inspect.signature(build).parameters:
             return build(network, compressor=self.compressor)
         return build(network)
+
+    def _start_pool(self, make_channel: Callable[[], Channel],
+                    make_pool: Callable[[WorkerSetup, Endpoint], WorkerPool]) -> None:
+        """The channel (its admission checks every result, as a server's does) and the pool the nodes train on."""
+        setup, data = self.setup, self.setup.data
+        update_dtype = UPDATE_DTYPES[setup.train_config.update_dtype]
+        self.decoder = UplinkDecoder(make_codec("identity"), self.spec.num_params, (update_dtype,))
+        self.channel = make_channel()
+        self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder, {}))
+        worker_setup = WorkerSetup(setup.model_fn, data, setup.train_config, self.strategy.client_algorithm,
+                                   setup.device, setup.threads)
+        self.pool = make_pool(worker_setup, self.channel.endpoint())
 
     def _choose_engine(self) -> str:
         engine, why = self.setup.engine, batchable(self.model, self.setup.train_config)
@@ -160,7 +201,11 @@ class GossipRun:
         return {f"{s}->{r}": n for (s, r), n in sorted(self.edge_bytes.items())}
 
     def close(self) -> None:
-        """Nothing to release: a decentralized run lives in this process."""
+        """Release the pool and the channel, when the nodes train on them."""
+        if self.pool is not None:
+            self.pool.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def _round(self, round: int) -> dict[str, Any]:
         self.strategy.begin_round(round)
@@ -189,6 +234,8 @@ class GossipRun:
         seeds = [derive_seed(self.setup.seed, round, node, TRAINING) for node in range(self.num_nodes)]
         if self.batched is not None:
             return self.batched.train(starts, self.shards, config, seeds)
+        if self.pool is not None:
+            return self._train_on_pool(round, starts, seeds)
         updates, losses = [], []
         algorithm, num_trainable = self.strategy.client_algorithm, self.spec.num_trainable
         for node, ((x, y), seed) in enumerate(zip(self.shards, seeds)):
@@ -197,6 +244,21 @@ class GossipRun:
             updates.append(outcome.update)
             losses.append(outcome.loss)
         return torch.stack(updates), torch.tensor(losses)
+
+    def _train_on_pool(self, round: int, starts: Tensor, seeds: list[int]) -> tuple[Tensor, Tensor]:
+        """Every node's training as a TRAIN task of version `round`, run by the pool; (updates, losses) by node."""
+        self.channel.publish(round, Broadcast(self.get_global()))  # the version the tasks name; no node trains on it
+        overrides, sizes = self.strategy.train_config(round), self.setup.data.train_sizes()
+        tasks = [Task(TRAIN, round, node, seed, overrides, state={NODE_START: starts[node].clone()})
+                 for node, seed in enumerate(seeds)]
+        envelopes = [self.channel.post(task) for task in tasks]
+        receipts = self.pool.run(envelopes, [float(sizes[task.client_id]) for task in tasks])
+        try:
+            results = [self.channel.receive(receipt) for receipt in receipts]
+        finally:
+            self.channel.traffic.take()  # the tasks' own bytes are the simulation's, not gossip
+        self.decoder.commit(range(self.num_nodes))
+        return torch.stack([r.update for r in results]), torch.tensor([r.metrics["loss"] for r in results])
 
     def _carry(self, messages: Tensor, round: int, step: int) -> Tensor:
         """Count each message once per directed edge it crosses (the payload size when it was compressed)."""
@@ -255,4 +317,4 @@ def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipS
     compression = getattr(strategy, "compression", "")
     return GossipSetup(model_fn, data, strategy, config.client, topology, config.seed, section.engine,
                        section.independent_init, make_codec(compression) if compression else None, config.eval.every,
-                       config.runtime.threads_per_worker)
+                       config.runtime.threads_per_worker, config.runtime.device)

@@ -141,16 +141,18 @@ def worker_layout(runtime: Any) -> tuple[int, float, float]:
 
 
 @contextmanager
-def start_ray_server(runtime: Any, setup: Any, make_channel: Callable[[], Channel] | None = None
-                     ) -> Iterator[Callable[..., Any]]:
+def start_ray_server(runtime: Any, setup: Any, make_channel: Callable[[], Channel] | None = None,
+                     host: type | None = None) -> Iterator[Callable[..., Any]]:
     """A Server actor (no CPU reserved: it mostly waits) with a pool of worker actors; yields `call(method, *args)`.
-    The channel is made inside the actor (`make_channel`; default: Ray objects)."""
+    The channel is made inside the actor (`make_channel`; default: Ray objects). `host`: the class the actor runs,
+    built as `host(setup, make_channel, make_pool)` (default `fl.server.Server`; a decentralized run's `GossipRun`)."""
     from fl.server import Server
 
     started = init_ray(runtime.address)
     workers, cpus, gpus = worker_layout(runtime)
     make_pool = functools.partial(RayPool, num_workers=workers, cpus=cpus, gpus=gpus)
-    server = ray.remote(Server).options(num_cpus=0).remote(setup, make_channel or ray_object_channel, make_pool)
+    server = ray.remote(host or Server).options(num_cpus=0).remote(setup, make_channel or ray_object_channel,
+                                                                    make_pool)
     try:
         yield lambda method, *args: ray.get(getattr(server, method).remote(*args))
     finally:

@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
-from fl.gossip_sim import gossip_run
+from fl.gossip_sim import GossipRun, gossip_run, gossip_setup
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -87,26 +87,27 @@ def channel_factory(config: RunConfig) -> ChannelFactory | None:
 
 
 @contextmanager
-def start_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable[..., Any]]:
-    """Yield `call(method, *args)` on a server running in-process or as a Ray actor."""
+def start_server(config: RunConfig, setup: Any, host: type = Server) -> Iterator[Callable[..., Any]]:
+    """Yield `call(method, *args)` on a server running in-process or as a Ray actor. `host`: the class that runs
+    the rounds, `host(setup, make_channel, make_pool)` (a decentralized run's `GossipRun` takes a `GossipSetup`)."""
     make_channel = channel_factory(config)
     if config.runtime.backend == "deploy":
         yield from _deployed_server(config, setup)
         return
     if config.runtime.backend == "local":
-        with _calling(Server(setup, make_channel, lambda ws, endpoint: LocalPool(Worker(ws, endpoint)))) as call:
+        with _calling(host(setup, make_channel, lambda ws, endpoint: LocalPool(Worker(ws, endpoint)))) as call:
             yield call
         return
     if config.runtime.address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # a cluster must see this node's address
     from fl.ray_runtime import start_ray_server
 
-    with start_ray_server(config.runtime, setup, make_channel) as call:
+    with start_ray_server(config.runtime, setup, make_channel, host) as call:
         yield call
 
 
 @contextmanager
-def _calling(server: Server) -> Iterator[Callable[..., Any]]:
+def _calling(server: Any) -> Iterator[Callable[..., Any]]:
     """`call(method, *args)` on a server in this process, closed afterwards."""
     try:
         yield lambda method, *args: getattr(server, method)(*args)
@@ -139,9 +140,17 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
 
 @contextmanager
 def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterator[Callable[..., Any]]:
-    """`call(method, *args)` on what runs the rounds: a server, or a decentralized run's nodes (in this process)."""
+    """`call(method, *args)` on what runs the rounds: a server, or a decentralized run. Synchronous gossip runs on
+    the backend's pool and channel (a Ray actor with worker actors, or this process with the gRPC channel); with the
+    local backend and the direct channel, and for asynchronous gossip, its nodes train in this process."""
     if kind(config.strategy.name) == "decentralized":
-        with _calling(gossip_run(config, data, model_fn)) as call:
+        setup = gossip_setup(config, data, model_fn)
+        in_process = config.runtime.backend == "local" and config.transport.channel == "direct"
+        if in_process or getattr(type(setup.strategy), "asynchronous", False):
+            with _calling(gossip_run(config, data, model_fn)) as call:
+                yield call
+            return
+        with start_server(config, setup, GossipRun) as call:
             yield call
         return
     with start_server(config, server_setup(config, data, model_fn)) as call:

@@ -21,6 +21,9 @@ from transport.codecs.registry import make_codec
 from transport.messages import EVALUATE, TRAIN, Result, Task
 
 DEVICES = ("auto", "cpu", "cuda")
+# Simulation only: a decentralized node's own parameters, which its training starts from instead of the published
+# global parameters. It rides in `Task.state` (never counted: a real node keeps its model) and never comes back.
+NODE_START = "node/start"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,11 +86,13 @@ class Worker:
         config = self.setup.train_config.with_overrides(task.config)
         num_trainable = self.trainer.spec.num_trainable
         algorithm = self.setup.algorithm
-        hook_state, codec_state = split_state(task.state)
+        state = dict(task.state)
+        start = state.pop(NODE_START, global_params)
+        hook_state, codec_state = split_state(state)
         hook = ClientHook() if algorithm is None else algorithm.start(
-            global_params[:num_trainable].to(self.device), task.tensors, hook_state
+            start[:num_trainable].to(self.device), task.tensors, hook_state
         )
-        outcome = self.trainer.train(global_params, self.x[lo:hi], self.y[lo:hi], config, task.seed, hook)
+        outcome = self.trainer.train(start, self.x[lo:hi], self.y[lo:hi], config, task.seed, hook)
         payload, codec_state = encode_update(self.uplink, outcome.update, codec_state, derive_seed(task.seed, CODEC))
         metrics = {"loss": outcome.loss, "steps": float(outcome.steps), "lr": config.lr}
         return Result(TRAIN, task.version, task.client_id, int(hi - lo), metrics, payload, outcome.hook_tensors,
