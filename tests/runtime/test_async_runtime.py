@@ -151,3 +151,17 @@ def test_memory_follows_the_clients_in_flight(tmp_path) -> None:
         peak = max(peak, len(server.loop.snapshots), len(server.loop.flights))
     assert peak <= 4
     assert len(server.store) == 0 and server.decoder.states == {}
+
+
+def test_fl_plot_overlays_a_synchronous_and_an_asynchronous_run_against_virtual_time(tmp_path) -> None:
+    from fl.plot import runs_figure
+
+    devices = 'devices.compute="uniform:low=1e-3,high=1e-2"'
+    sync = run(tmp_path, "rounds=3", "eval.every=1", devices, write=True)
+    asynchronous = run(tmp_path, "rounds=6", "eval.every=1", 'strategy.name="fedbuff"', "strategy.buffer_size=2",
+                       devices, write=True)
+    figure = runs_figure([sync.run_dir, asynchronous.run_dir], x="time")
+    accuracy = figure.axes[0]
+    curves = {line.get_label(): list(line.get_xdata()) for line in accuracy.get_lines()}
+    assert curves[sync.run_dir.name] == [m["virtual_time"] for m in sync.history]
+    assert curves[asynchronous.run_dir.name] == [m["virtual_time"] for m in asynchronous.history]

@@ -144,3 +144,14 @@ def test_registry_builds_the_configs() -> None:
     assert isinstance(cd, AFACDConfig) and cd.buffer_size == 3 and cd.idle_mean == 2.0
     assert isinstance(cs, AFACSConfig) and (cs.steps_min, cs.steps_max) == (2, 5)
     assert isinstance(cd.build(FED), AFACD) and isinstance(cs.build(FED), AFACS)
+
+
+def test_trace_of_afa_cs_keeps_every_clients_latest_normalised_update() -> None:
+    # Prepare: two clients (M = 2), one step each (u = update / 1), a server step after every arrival (m = 1)
+    federation = Federation(num_clients=2, per_round=2, num_params=1, num_trainable=1, dtype=torch.float64)
+    strategy = AFACSConfig(buffer_size=1, steps_min=1, steps_max=1, idle_mean=0.0).build(federation)
+    # Execute
+    trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=4, x0=4.0)
+    # Assert: x <- x + (u_0 + u_1) / 2 with the stored u's: t=1 u_0 = -2 (x 3); t=2 u_0 = -1.5 (x 2.25); t=3 u_0 =
+    # -1.125 (x 1.6875), then client 1's first update, from 4: u_1 = 3, so x = 1.6875 + (-1.125 + 3) / 2 = 2.625
+    assert trace.arrivals == [(1.0, 0, 0, 3.0), (2.0, 0, 0, 2.25), (3.0, 0, 0, 1.6875), (3.0, 1, 3, 2.625)]

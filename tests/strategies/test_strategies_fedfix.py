@@ -200,3 +200,17 @@ def test_registry_builds_the_configs() -> None:
     assert isinstance(fedfix, FedFixConfig) and fedfix.interval == 2.0 and fedfix.weights == "equal"
     assert isinstance(async_fedavg, AsyncFedAvgConfig) and async_fedavg.correction is False
     assert isinstance(fedfix.build(FED), FedFix) and isinstance(async_fedavg.build(FED), AsyncFedAvg)
+
+
+def test_trace_of_async_fedavg_with_and_without_the_correction() -> None:
+    # Prepare: centers 0 and 10, 1 and 3 seconds per step, one GD step with lr 0.5: update = 0.5 (c - x_start), x0 4
+    def trace(correction: bool) -> list[tuple[float, int, int, float]]:
+        strategy = AsyncFedAvgConfig(correction=correction).build(FED)
+        return run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=4, x0=4.0).arrivals
+
+    # Execute / Assert: identical weights d = 1: t=1, 2, 3 client 0 sends -2, -1, -0.5 (x = 2, 1, 0.5); client 1,
+    # started from 4, sends 3 at t=3 with staleness 3: x = 3.5
+    assert trace(False) == [(1.0, 0, 0, 2.0), (2.0, 0, 0, 1.0), (3.0, 0, 0, 0.5), (3.0, 1, 3, 3.5)]
+    # The correction d_i = tau_i * mean over the clients seen of 1/tau_j: 1 while only client 0 (tau 1) is seen;
+    # client 1 (tau 3) gets 3 * (1/1 + 1/3) / 2 = 2: x = 0.5 + 2 * 3 = 6.5
+    assert trace(True) == [(1.0, 0, 0, 2.0), (2.0, 0, 0, 1.0), (3.0, 0, 0, 0.5), (3.0, 1, 3, 6.5)]
