@@ -196,6 +196,10 @@ class GossipRun:
     def get_staleness(self) -> dict[int, int]:
         return {}
 
+    def get_spectral_gap(self) -> float:
+        """1 - |lambda_2| of the mixing matrix (of one period's product for a time-varying graph)."""
+        return self.spectral_gap
+
     def get_edge_bytes(self) -> dict[str, int]:
         """Bytes sent along each directed edge so far, keyed "sender->receiver"."""
         return {f"{s}->{r}": n for (s, r), n in sorted(self.edge_bytes.items())}

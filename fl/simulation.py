@@ -180,6 +180,8 @@ def run_simulation(
     try:
         with _start(config, data, model_fn) as call:
             startup = time.perf_counter() - start
+            if kind(config.strategy.name) == "decentralized":
+                console.print(f"{config.topology.name} graph: spectral gap {call('get_spectral_gap'):.4g}")
             with RoundProgress(config.rounds, config.name, console) as progress:
                 for round in range(1, config.rounds + 1):
                     round_start = time.perf_counter()
