@@ -36,7 +36,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 

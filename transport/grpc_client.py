@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-import grpc
 from torch import Tensor
 
 from transport import framing, wire

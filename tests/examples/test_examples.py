@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +26,14 @@ def load_example(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look up their module while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def run_quick(name: str, out) -> tuple[object, str]:
+    """examples/NAME.py's main with --quick into `out`: (what main returns, what it printed)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        returned = load_example(name).main(["--quick", "--out", str(out)])
+    return returned, printed.getvalue()
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@ run directories' metrics."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 
 from fl.run_dir import read_metrics
-from tests.examples.test_examples import load_example
+from tests.examples.test_examples import run_quick
 
 STRATEGIES = ["fedavg", "fedasync", "fedbuff", "fedfix", "async_fedavg", "fedcompass"]
 
@@ -19,10 +17,8 @@ STRATEGIES = ["fedavg", "fedasync", "fedbuff", "fedfix", "async_fedavg", "fedcom
 def quick_run(tmp_path_factory):
     """The example's main with --quick into a fresh folder: (table rows, printed output, folder)."""
     out = tmp_path_factory.mktemp("async")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        rows = load_example("async_vs_sync").main(["--quick", "--out", str(out)])
-    return rows, printed.getvalue(), out
+    rows, printed = run_quick("async_vs_sync", out)
+    return rows, printed, out
 
 
 def test_writes_the_plot_and_the_tables(quick_run) -> None:

@@ -3,25 +3,21 @@ run directories it writes."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import re
 
 import pytest
 
-from tests.examples.test_examples import load_example
+from tests.examples.test_examples import run_quick
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """The example's main with --quick into a fresh folder: (summaries, printed output, folder)."""
     out = tmp_path_factory.mktemp("devices")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        summaries = load_example("device_heterogeneity").main(["--quick", "--out", str(out)])
-    return summaries, printed.getvalue(), out
+    summaries, printed = run_quick("device_heterogeneity", out)
+    return summaries, printed, out
 
 
 def test_writes_the_plot_and_three_run_directories(quick_run) -> None:

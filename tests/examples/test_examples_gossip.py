@@ -3,23 +3,19 @@ and sparser graphs leave the nodes further from consensus."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 
 import pytest
 
-from tests.examples.test_examples import load_example
+from tests.examples.test_examples import run_quick
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """The example's main with --quick into a fresh folder: (summaries, printed output, folder)."""
     out = tmp_path_factory.mktemp("gossip")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        summaries = load_example("gossip_topologies").main(["--quick", "--out", str(out)])
-    return summaries, printed.getvalue(), out
+    summaries, printed = run_quick("gossip_topologies", out)
+    return summaries, printed, out
 
 
 def test_writes_the_plot_and_one_run_directory_per_graph(quick_run) -> None:
