@@ -300,13 +300,13 @@ class GossipRun:
         return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def gossip_run(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipRun:
-    """The run a decentralized config asks for: rounds of synchronous gossip, or asynchronous gossip on the clock."""
-    setup = gossip_setup(config, data, model_fn)
+def in_process_run(setup: GossipSetup, devices: dict[str, str]) -> GossipRun:
+    """A decentralized run in this process: rounds of synchronous gossip, or asynchronous gossip on the clock (whose
+    nodes wake by `devices`, the `[devices]` table)."""
     if getattr(type(setup.strategy), "asynchronous", False):
         from fl.gossip_async import AsyncGossipRun
 
-        return AsyncGossipRun(setup, config.devices.spec())
+        return AsyncGossipRun(setup, devices)
     return GossipRun(setup)
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
-from fl.gossip_sim import GossipRun, gossip_run, gossip_setup
+from fl.gossip_sim import GossipRun, gossip_setup, in_process_run
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.params import ParamSpec
@@ -147,7 +147,7 @@ def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterato
         setup = gossip_setup(config, data, model_fn)
         in_process = config.runtime.backend == "local" and config.transport.channel == "direct"
         if in_process or getattr(type(setup.strategy), "asynchronous", False):
-            with _calling(gossip_run(config, data, model_fn)) as call:
+            with _calling(in_process_run(setup, config.devices.spec())) as call:
                 yield call
             return
         with start_server(config, setup, GossipRun) as call:

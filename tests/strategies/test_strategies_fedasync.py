@@ -1,6 +1,5 @@
 """FedAsync: staleness weights, the mixing rule x <- (1 - a s) x + a s y on hand-built arrivals, and options."""
 
-
 import pytest
 import torch
 
