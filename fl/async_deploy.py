@@ -67,14 +67,8 @@ class RealTimeLoop(AsyncLoop):
         while self.clock() < self.limit:
             now = self.clock()
             if self.queue and self.queue.peek_time() <= now:
-                event = self.queue.pop()
-                new_params = self._handle(event.kind, event.client_id, event.time)
-                record = self._publish(new_params) if new_params is not None else None
+                record = self._step()
                 if record is not None:
-                    self._withdraw_stale(event.time)
-                self._after_event(event.time)
-                if record is not None:
-                    record.in_flight = len(self.flights) + len(self.delayed)
                     return record
                 continue
             self._expire(now)
@@ -84,9 +78,7 @@ class RealTimeLoop(AsyncLoop):
             elif now - idle_since > self.timeout:
                 break  # nothing in flight and nobody to start: the clients are gone
             self._wait(min(self.queue.peek_time() - now, POLL_SECONDS))
-        self.record.ended, self.record.time = True, self.clock()
-        self.record.in_flight = len(self.flights) + len(self.delayed)
-        return self.record
+        return self._end(self.clock())
 
     def _wait(self, seconds: float) -> None:
         """Wait up to `seconds` for a result; an arrival is queued at the moment it is taken."""
@@ -110,7 +102,7 @@ class RealTimeLoop(AsyncLoop):
             self.record.dropped += 1
             self._log(now, DROP, client)
 
-    def _withdraw_stale(self, now: float) -> None:
+    def _published(self, now: float) -> None:
         """Withdraw the tasks the new version made staler than the strategy accepts."""
         limit = self.strategy.max_staleness
         if limit is None:

@@ -123,20 +123,38 @@ class AsyncLoop:
         """Consume events until a version is published; a record with `ended` when the clock reaches
         `max_virtual_seconds` or nothing is left to happen."""
         while self.queue and self.queue.peek_time() <= self.limit and self.quiet <= STALL_EVENTS:
-            event = self.queue.pop()
-            new_params = self._handle(event.kind, event.client_id, event.time)
-            record = self._publish(new_params) if new_params is not None else None
-            self._after_event(event.time)
+            record = self._step()
             if record is not None:
-                record.in_flight = len(self.flights) + len(self.delayed)
                 return record
         if self.quiet > STALL_EVENTS:
             warnings.warn(f"the run ends: {STALL_EVENTS} events in a row brought no update (does every task fail, "
                           f"or does {type(self.strategy).__name__} start nobody?)", RuntimeWarning, stacklevel=2)
-        self.record.ended = True
-        self.record.time = min(self.limit, self.queue.peek_time()) if self.queue else self.now
-        self.record.in_flight = len(self.flights) + len(self.delayed)
+        return self._end(min(self.limit, self.queue.peek_time()) if self.queue else self.now)
+
+    def _step(self) -> VersionRecord | None:
+        """Handle the next event; the record of the version it published, if any."""
+        event = self.queue.pop()
+        new_params = self._handle(event.kind, event.client_id, event.time)
+        record = self._publish(new_params) if new_params is not None else None
+        if record is not None:
+            self._published(event.time)
+        self._after_event(event.time)
+        if record is not None:
+            record.in_flight = self.in_flight
+        return record
+
+    def _published(self, now: float) -> None:
+        """A version was just published (before free slots are filled)."""
+
+    def _end(self, time: float) -> VersionRecord:
+        """The record that ends the run at `time`."""
+        self.record.ended, self.record.time, self.record.in_flight = True, time, self.in_flight
         return self.record
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks started or waiting to start."""
+        return len(self.flights) + len(self.delayed)
 
     def _handle(self, kind: str, client: int, now: float) -> Tensor | None:
         if kind != TIMER or not self.flights:
@@ -207,7 +225,7 @@ class AsyncLoop:
             self.queue.push(when, TIMER, -1)
 
     def _fill(self, now: float) -> None:
-        slots = self.concurrency - len(self.flights) - len(self.delayed)
+        slots = self.concurrency - self.in_flight
         if slots <= 0:
             return
         idle = self._idle()

@@ -317,9 +317,8 @@ def validate_topology(config: RunConfig) -> None:
     section = config.topology
     _one_of("topology.engine", section.engine, GOSSIP_ENGINES)
     _require(config.runtime.backend != "deploy", "a decentralized strategy runs as a simulation (backend ray or local)")
-    weights = section.weights or ("uniform" if section.name.endswith("exponential") else "metropolis")
     try:
-        parse_topology(section.name, config.data.num_clients, section.options, weights, config.seed)
+        parse_topology(section.name, config.data.num_clients, section.options, section.weights, config.seed)
     except (ValueError, OSError) as error:
         raise ConfigError(f"topology: {error}") from None
 

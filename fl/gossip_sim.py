@@ -313,8 +313,7 @@ def in_process_run(setup: GossipSetup, devices: dict[str, str]) -> GossipRun:
 def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipSetup:
     """A decentralized run from a RunConfig: the strategy, the `[topology]` table, and the strategy's compression."""
     section = config.topology
-    weights = section.weights or ("uniform" if section.name.endswith("exponential") else "metropolis")
-    topology = parse_topology(section.name, data.num_clients, section.options, weights,
+    topology = parse_topology(section.name, data.num_clients, section.options, section.weights,
                               derive_seed(config.seed, TOPOLOGY))
     strategy = strategy_config(config.strategy.name, config.strategy.options)
     compression = getattr(strategy, "compression", "")

@@ -13,9 +13,9 @@
                                    i - 2^(t mod tau), tau = ceil(log2 n)
     directed_exponential           the exponential graph (one_peer=true: the one-peer one), kind "column" for push-sum
 
-Undirected graphs must be connected and take `weights` "metropolis" or "uniform" (regular graphs only, where it
-equals metropolis); they are of kind "symmetric". The exponential graphs have fixed weights 1 / (peers + 1), take
-"uniform" and are of kind "doubly" (directed_exponential: "column"). Random graphs are drawn by networkx from
+Undirected graphs must be connected and take `weights` "metropolis" (also when empty) or "uniform" (regular graphs
+only, where it equals metropolis); they are of kind "symmetric". The exponential graphs have fixed weights
+1 / (peers + 1), take "uniform" (or empty) and are of kind "doubly" (directed_exponential: "column"). Random graphs are drawn by networkx from
 `seed`, then seed + 1, ... until one is connected (at most MAX_DRAWS draws), so each seed gives one graph.
 Parameters may be numbers or strings; file paths are relative to the working directory.
 """
@@ -200,10 +200,11 @@ def parse_topology(name: str, num_nodes: int, params: Mapping[str, Any], weights
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if name.endswith("exponential"):
-        if weights != "uniform":
+        if weights not in ("", "uniform"):
             raise ValueError(f"{name} has fixed weights 1/(peers + 1): weights must be 'uniform', got {weights!r}")
         one_peer = name == "one_peer_exponential" or _get(params, "one_peer", bool, False)
         return exponential_topology(int(num_nodes), one_peer, "column" if name == "directed_exponential" else "doubly")
+    weights = weights or "metropolis"
     if weights not in mx.WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(mx.WEIGHTS)}")
     graph = _graph(name, int(num_nodes), params, int(seed))
