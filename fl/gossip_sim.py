@@ -34,7 +34,7 @@ import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -56,28 +56,63 @@ from strategies.base import ClientHook
 from strategies.gossip.base import Layout, Network
 from strategies.registry import strategy_config
 from transport.channel import Channel, Endpoint
-from transport.codecs.base import Codec
+from transport.codecs.base import Codec, Payload
 from transport.codecs.registry import make_codec
 from transport.downlink import Broadcast
 from transport.messages import TRAIN, Task
 
+if TYPE_CHECKING:
+    from fl.gossip_hosts import Hosts
 
+
+VECTORIZED_FROM = 100  # "auto" takes the vectorized engine from this many nodes up, even where hosts could run them
 NODE_TEST = 2000  # test samples (a seeded subset of the central test set) each node's own model is evaluated on
 
 
 class CodecCompressor:
-    """A transport codec as the strategies' `Compressor`: encode, decode, and the payload's bytes."""
+    """A transport codec as the strategies' `Compressor`: encode, decode, and the payload's bytes. It keeps each
+    node's last payload (`payloads`), which is what travels in place of the decoded message."""
 
     def __init__(self, codec: Codec, seed: int) -> None:
         self.codec, self.seed = codec, seed
-        self.sent: dict[int, int] = {}  # node -> bytes of its last compressed message
+        self.payloads: dict[int, Payload] = {}  # node -> its last compressed message, until taken
 
     def compress(self, tensor: Tensor, node: int, round: int) -> tuple[Tensor, int]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, round, node))
         payload, _ = self.codec.encode(tensor.detach().contiguous(), {}, generator)
         decoded, _ = self.codec.decode(payload, {})
-        self.sent[node] = payload.nbytes()
+        self.payloads[node] = payload
         return decoded.to(tensor.dtype), payload.nbytes()
+
+
+def initial_params(setup: "GossipSetup", first: Tensor, node: int) -> Tensor:
+    """Node `node`'s initial parameters: `first` (the model drawn with seed (seed, INIT)), or with
+    `independent_init` its own draw (seed (seed, INIT, node)) for every node but node 0."""
+    if not setup.independent_init or node == 0:
+        return first.clone()
+    torch.manual_seed(derive_seed(setup.seed, INIT, node))
+    return ParamSpec.from_module(model := setup.model_fn()).flatten(model).detach()
+
+
+def network_of(spec: ParamSpec, num_nodes: int, dtype: torch.dtype) -> Network:
+    """What a gossip strategy is told of the run: node count, parameter layout and dtype."""
+    layout = Layout(tuple(e.name for e in spec.entries), tuple(e.offset for e in spec.entries),
+                    tuple(e.numel for e in spec.entries), tuple(e.trainable for e in spec.entries))
+    return Network(num_nodes, spec.num_params, spec.num_trainable, layout, dtype)
+
+
+def build_strategy(config: Any, network: Network, compressor: CodecCompressor | None) -> Any:
+    """The strategy of `config`, handed the compressor when it takes one."""
+    if "compressor" in inspect.signature(config.build).parameters:
+        return config.build(network, compressor=compressor)
+    return config.build(network)
+
+
+def steps_per_round(topology: Topology, strategy: Any) -> Topology:
+    """A time-varying graph changes at every gossip step, and a round may take several."""
+    if topology.time_varying:
+        return dataclasses.replace(topology, steps_per_round=strategy.gossip_steps(1))
+    return topology
 
 
 @dataclass
@@ -98,8 +133,10 @@ class GossipSetup:
 
 class GossipRun:
     def __init__(self, setup: GossipSetup, make_channel: Callable[[], Channel] | None = None,
-                 make_pool: Callable[[WorkerSetup, Endpoint], WorkerPool] | None = None) -> None:
-        """`make_channel` and `make_pool` (both or neither): the "nodes" engine trains on that pool (see above)."""
+                 make_pool: Callable[[WorkerSetup, Endpoint], WorkerPool] | None = None,
+                 make_hosts: Callable[[GossipSetup], Hosts] | None = None) -> None:
+        """`make_channel` and `make_pool` (both or neither): the "nodes" engine trains on that pool; `make_hosts`:
+        the "nodes" engine keeps the nodes on those hosts, which send each other their messages (see above)."""
         torch.set_num_threads(setup.threads)
         self.setup, data = setup, setup.data
         self.num_nodes = data.num_clients
@@ -108,10 +145,9 @@ class GossipRun:
         self.spec = ParamSpec.from_module(self.model)
         self.params = self._initial_params()
         self.compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
-        self.strategy = self._build_strategy()
-        self.topology = setup.topology
-        if self.topology.time_varying:  # the graph changes at every gossip step, and a round takes several
-            self.topology = dataclasses.replace(self.topology, steps_per_round=self.strategy.gossip_steps(1))
+        network = network_of(self.spec, self.num_nodes, self.params.dtype)
+        self.strategy = build_strategy(setup.strategy, network, self.compressor)
+        self.topology = steps_per_round(setup.topology, self.strategy)
         self.states = [self.strategy.initial_state(i, self.params[i]) for i in range(self.num_nodes)]
         device = torch.device("cpu")
         x, y = as_tensor(data.x, device), as_tensor(data.y, device)
@@ -120,13 +156,18 @@ class GossipRun:
         self.test_x, self.test_y = as_tensor(data.test_x, device), as_tensor(data.test_y, device)
         sample = torch.randperm(len(self.test_y), generator=torch.Generator().manual_seed(setup.seed))[:NODE_TEST]
         self.node_test_x, self.node_test_y = self.test_x[sample], self.test_y[sample]
-        self.engine = self._choose_engine()
+        self.engine = self._choose_engine(on_hosts=make_hosts is not None)
         self.batched = BatchedTrainer(setup.model_fn(), device) if self.engine == "vectorized" else None
         self.channel: Channel | None = None
         self.pool: WorkerPool | None = None
-        if self.engine == "nodes" and make_pool is not None:
+        self.hosts: Hosts | None = None
+        if self.engine == "nodes" and make_hosts is not None:
+            self.hosted_models = self.node_models()  # as the hosts' nodes start
+            self.hosts = make_hosts(setup)
+        elif self.engine == "nodes" and make_pool is not None:
             self._start_pool(make_channel, make_pool)
-        self.trainer = LocalTrainer(setup.model_fn(), device) if self.engine == "nodes" and self.pool is None else None
+        in_process = self.engine == "nodes" and self.pool is None and self.hosts is None
+        self.trainer = LocalTrainer(setup.model_fn(), device) if in_process else None
         self.edge_bytes: dict[tuple[int, int], int] = defaultdict(int)
         self.spectral_gap = self.topology.spectral_gap()
 
@@ -134,21 +175,7 @@ class GossipRun:
         first = self.spec.flatten(self.model).detach()
         if not self.setup.independent_init:
             return first.repeat(self.num_nodes, 1)
-        rows = [first]
-        for node in range(1, self.num_nodes):
-            torch.manual_seed(derive_seed(self.setup.seed, INIT, node))
-            rows.append(self.spec.flatten(self.setup.model_fn()).detach())
-        return torch.stack(rows)
-
-    def _build_strategy(self) -> Any:
-        spec = self.spec
-        layout = Layout(tuple(e.name for e in spec.entries), tuple(e.offset for e in spec.entries),
-                        tuple(e.numel for e in spec.entries), tuple(e.trainable for e in spec.entries))
-        network = Network(self.num_nodes, spec.num_params, spec.num_trainable, layout, self.params.dtype)
-        build = self.setup.strategy.build
-        if "compressor" in inspect.signature(build).parameters:
-            return build(network, compressor=self.compressor)
-        return build(network)
+        return torch.stack([initial_params(self.setup, first, node) for node in range(self.num_nodes)])
 
     def _start_pool(self, make_channel: Callable[[], Channel],
                     make_pool: Callable[[WorkerSetup, Endpoint], WorkerPool]) -> None:
@@ -162,7 +189,9 @@ class GossipRun:
                                    setup.device, setup.threads)
         self.pool = make_pool(worker_setup, self.channel.endpoint())
 
-    def _choose_engine(self) -> str:
+    def _choose_engine(self, on_hosts: bool) -> str:
+        """"auto": node by node when messages can travel between hosts and the nodes are few, or when the
+        vectorized engine cannot train the run; else vectorized."""
         engine, why = self.setup.engine, batchable(self.model, self.setup.train_config)
         if engine not in GOSSIP_ENGINES:
             raise ValueError(f"engine {engine!r} is not one of: {', '.join(GOSSIP_ENGINES)}")
@@ -170,7 +199,8 @@ class GossipRun:
             why = why or "the strategy changes the local step (its client hook runs node by node)"
         if engine == "vectorized" and why:
             raise ValueError(f"the vectorized engine cannot train this run: {why}")
-        return "nodes" if engine == "nodes" or why else "vectorized"
+        few = on_hosts and self.num_nodes < VECTORIZED_FROM
+        return "nodes" if engine == "nodes" or why or (engine == "auto" and few) else "vectorized"
 
     def run_round(self, round: int, evaluate_now: bool = False) -> dict[str, Any]:
         """Train every node, gossip, and report the round; evaluate every `eval_every` rounds and when asked."""
@@ -204,7 +234,9 @@ class GossipRun:
         return {f"{s}->{r}": n for (s, r), n in sorted(self.edge_bytes.items())}
 
     def close(self) -> None:
-        """Release the pool and the channel, when the nodes train on them."""
+        """Release the hosts, or the pool and the channel, when the nodes train on them."""
+        if self.hosts is not None:
+            self.hosts.close()
         if self.pool is not None:
             self.pool.close()
         if self.channel is not None:
@@ -212,15 +244,10 @@ class GossipRun:
 
     def _round(self, round: int) -> dict[str, Any]:
         self.strategy.begin_round(round)
-        before = self.params
-        starts = torch.stack([self.strategy.train_from(i, before[i], self.states[i]) for i in range(self.num_nodes)])
-        updates, losses = self._train(round, starts)
-        trained = (before.to(torch.float64) + updates.to(torch.float64)).to(before.dtype)
-        self._round_bytes = 0
-        self.params = gossip_round(self.strategy, round, before, trained, self.topology.mixing, self.states,
-                                   self._carry)
-        if not torch.isfinite(self.params).all():
-            raise FloatingPointError(f"round {round}: a node's model holds NaN or Inf (try a smaller learning rate)")
+        if self.hosts is not None:
+            losses = self._round_on_hosts(round)
+        else:
+            losses = self._round_here(round)
         sizes = torch.as_tensor(self.setup.data.train_sizes(), dtype=torch.float64)
         metrics: dict[str, Any] = {
             "round": round, "clients": self.num_nodes,
@@ -231,6 +258,28 @@ class GossipRun:
         if round == 1:
             metrics["spectral_gap"] = self.spectral_gap
         return metrics
+
+    def _round_here(self, round: int) -> Tensor:
+        """Train (in this process or on the pool) and gossip here, counting each message per edge; the losses."""
+        before = self.params
+        starts = torch.stack([self.strategy.train_from(i, before[i], self.states[i]) for i in range(self.num_nodes)])
+        updates, losses = self._train(round, starts)
+        trained = (before.to(torch.float64) + updates.to(torch.float64)).to(before.dtype)
+        self._round_bytes = 0
+        self.params = gossip_round(self.strategy, round, before, trained, self.topology.mixing, self.states,
+                                   self._carry)
+        if not torch.isfinite(self.params).all():
+            raise FloatingPointError(f"round {round}: a node's model holds NaN or Inf (try a smaller learning rate)")
+        return losses
+
+    def _round_on_hosts(self, round: int) -> Tensor:
+        """The hosts train, send their messages over gRPC and mix, step by step; the losses. Each edge's bytes are
+        what its receiver took in."""
+        losses, self.hosted_models, edges = self.hosts.run_round(round, self.strategy.gossip_steps(round))
+        for edge, size in edges.items():
+            self.edge_bytes[edge] += size
+        self._round_bytes = sum(edges.values())
+        return losses
 
     def _train(self, round: int, starts: Tensor) -> tuple[Tensor, Tensor]:
         config = self.setup.train_config.with_overrides(self.strategy.train_config(round))
@@ -266,17 +315,19 @@ class GossipRun:
     def _carry(self, messages: Tensor, round: int, step: int) -> Tensor:
         """Count each message once per directed edge it crosses (the payload size when it was compressed)."""
         plain = messages[0].numel() * messages.element_size()
-        sent = self.compressor.sent if self.compressor is not None and self.compressor.sent else {}
+        payloads = self.compressor.payloads if self.compressor is not None else {}
         for sender, receiver in self.topology.edges(round, step):
-            size = sent.get(sender, plain)
+            size = payloads[sender].nbytes() if sender in payloads else plain
             self.edge_bytes[(sender, receiver)] += size
             self._round_bytes += size
         if self.compressor is not None:
-            self.compressor.sent = {}
+            self.compressor.payloads = {}
         return messages
 
     def node_models(self) -> Tensor:
         """Each node's model as it would be evaluated (push-sum divides by its weight)."""
+        if self.hosts is not None:
+            return self.hosted_models
         return torch.stack([self.strategy.model_of(i, self.params[i], self.states[i]) for i in range(self.num_nodes)])
 
     def consensus_distance(self) -> float:

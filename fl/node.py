@@ -15,14 +15,12 @@ so neighbours never drift far apart, and the inbox holds at most a few rounds.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +29,8 @@ from torch import Tensor
 
 from fl.config import ConfigError, RunConfig
 from fl.gossip import mix
-from fl.gossip_sim import CodecCompressor, GossipSetup, gossip_setup
+from fl.gossip_sim import (CodecCompressor, GossipSetup, build_strategy, gossip_setup, initial_params, network_of,
+                           steps_per_round)
 from fl.params import ParamSpec
 from fl.scenario import build_data, build_model_fn
 from fl.seeding import INIT, TRAINING, derive_seed
@@ -39,12 +38,12 @@ from fl.training import LocalTrainer, evaluate
 from fl.worker import as_tensor
 from simulations.mixing import Topology
 from strategies.base import ClientHook
-from strategies.gossip.base import Layout, Network
 from strategies.registry import kind
-from transport.auth import client_token
+from transport.codecs.base import Payload
+from transport.codecs.cast import IdentityCodec
 from transport.gossip_peer import GossipClient, GossipServer, Inbox
 
-Exchange = Callable[[int, int, Tensor, list[int], list[int]], dict[int, Tensor]]  # (round, step, message, to, from)
+Exchange = Callable[[int, int, Payload, list[int], list[int]], dict[int, Tensor]]  # (round, step, message, to, from)
 
 
 @dataclass(frozen=True)
@@ -83,38 +82,29 @@ def neighbours(topology: Topology, node: int) -> tuple[set[int], set[int]]:
 
 
 class Node:
-    """Node `node` of a decentralized run: its parameters, state, shard and strategy, as the simulation keeps them."""
+    """Node `node` of a decentralized run: its parameters, state, shard and strategy, as the simulation keeps them.
+    A round is `train`, then per gossip step `outgoing` (the message, as the payload that travels) and `combine`
+    (with what its in-neighbours sent), then `finish`; `run_round` does them all with an `Exchange`."""
 
-    def __init__(self, setup: GossipSetup, node: int) -> None:
+    def __init__(self, setup: GossipSetup, node: int, trainer: LocalTrainer | None = None) -> None:
+        """`trainer`: one that several nodes of a process share (they train one at a time)."""
         torch.set_num_threads(setup.threads)
         self.setup, self.node, data = setup, node, setup.data
         torch.manual_seed(derive_seed(setup.seed, INIT))
-        model = setup.model_fn()
-        self.spec = ParamSpec.from_module(model)
-        self.params = self.spec.flatten(model).detach()
-        if setup.independent_init and node > 0:
-            torch.manual_seed(derive_seed(setup.seed, INIT, node))
-            self.params = self.spec.flatten(setup.model_fn()).detach()
-        self.strategy = self._build_strategy(data.num_clients)
-        self.topology = setup.topology
-        if self.topology.time_varying:  # as the simulation: one matrix per gossip step
-            self.topology = dataclasses.replace(self.topology, steps_per_round=self.strategy.gossip_steps(1))
+        self.model = setup.model_fn()
+        self.spec = ParamSpec.from_module(self.model)
+        self.params = initial_params(setup, self.spec.flatten(self.model).detach(), node)
+        self.compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
+        self.strategy = build_strategy(setup.strategy, network_of(self.spec, data.num_clients, self.params.dtype),
+                                       self.compressor)
+        self.codec = setup.codec if self.compressor is not None else None  # what its messages are encoded with
+        self.topology = steps_per_round(setup.topology, self.strategy)
         self.state = self.strategy.initial_state(node, self.params)
         lo, hi = data.offsets[node], data.offsets[node + 1]
         cpu = torch.device("cpu")
         self.x, self.y = as_tensor(data.x[lo:hi], cpu), as_tensor(data.y[lo:hi], cpu)
-        self.trainer = LocalTrainer(setup.model_fn(), cpu)
-        self.model = model
-
-    def _build_strategy(self, num_nodes: int) -> Any:
-        spec, setup = self.spec, self.setup
-        layout = Layout(tuple(e.name for e in spec.entries), tuple(e.offset for e in spec.entries),
-                        tuple(e.numel for e in spec.entries), tuple(e.trainable for e in spec.entries))
-        network = Network(num_nodes, spec.num_params, spec.num_trainable, layout, self.params.dtype)
-        if "compressor" in inspect.signature(setup.strategy.build).parameters:
-            compressor = CodecCompressor(setup.codec, setup.seed) if setup.codec is not None else None
-            return setup.strategy.build(network, compressor=compressor)
-        return setup.strategy.build(network)
+        self.trainer = trainer if trainer is not None else LocalTrainer(setup.model_fn(), cpu)
+        self._before = self._current = self._message = self.params
 
     def senders(self, round: int, step: int) -> list[int]:
         """The in-neighbours whose messages the node mixes in gossip step `step` of `round` (itself left out)."""
@@ -128,29 +118,51 @@ class Node:
         """(values, dtype) of every message (the strategy's first one, on a copy of the state)."""
         state = {key: value.clone() for key, value in self.state.items()}
         message = self.strategy.message(self.node, 0, self.params, self.params, state)
+        if self.compressor is not None:
+            self.compressor.payloads.clear()
         return message.numel(), message.dtype
 
-    def run_round(self, round: int, exchange: Exchange) -> float:
-        """Train, then take the strategy's gossip steps, moving messages with `exchange`; returns the train loss."""
-        strategy, state, node = self.strategy, self.state, self.node
+    def train(self, round: int) -> float:
+        """Local training of `round` (seed (seed, round, node, TRAINING)); returns the train loss."""
+        strategy, node = self.strategy, self.node
         strategy.begin_round(round)
-        before = self.params
-        start = strategy.train_from(node, before, state)
+        self._before = self.params
+        start = strategy.train_from(node, self._before, self.state)
         algorithm = strategy.client_algorithm
         hook = ClientHook() if algorithm is None else algorithm.start(start[:self.spec.num_trainable], {}, {})
         config = self.setup.train_config.with_overrides(strategy.train_config(round))
         seed = derive_seed(self.setup.seed, round, node, TRAINING)
         outcome = self.trainer.train(start, self.x, self.y, config, seed, hook)
-        current = (before.to(torch.float64) + outcome.update.to(torch.float64)).to(before.dtype)
-        for step in range(strategy.gossip_steps(round)):
-            message = strategy.message(node, step, before, current, state)
-            received = exchange(round, step, message, self.receivers(round, step), self.senders(round, step))
-            mixed, inbox = self._mix(round, step, received | {node: message})
-            current = strategy.combine(node, step, before, current, mixed, state, inbox)
-        if not torch.isfinite(current).all():
-            raise FloatingPointError(f"node {node}, round {round}: the model holds NaN or Inf (try a smaller lr)")
-        self.params = current
+        self._current = (self._before.to(torch.float64) + outcome.update.to(torch.float64)).to(self._before.dtype)
         return outcome.loss
+
+    def outgoing(self, step: int) -> Payload:
+        """The node's message of gossip step `step`, as it travels: the compressor's payload when the strategy
+        compressed it, else the identity codec's."""
+        self._message = self.strategy.message(self.node, step, self._before, self._current, self.state)
+        payload = self.compressor.payloads.pop(self.node, None) if self.compressor is not None else None
+        return payload if payload is not None else IdentityCodec().encode(self._message.detach().contiguous(), {})[0]
+
+    def combine(self, round: int, step: int, received: dict[int, Tensor]) -> None:
+        """Mix the in-neighbours' messages of (round, step) with the node's own, and take the strategy's combine."""
+        mixed, inbox = self._mix(round, step, received | {self.node: self._message})
+        self._current = self.strategy.combine(self.node, step, self._before, self._current, mixed, self.state, inbox)
+
+    def finish(self, round: int) -> None:
+        """The round's result becomes the node's parameters."""
+        if not torch.isfinite(self._current).all():
+            raise FloatingPointError(f"node {self.node}, round {round}: the model holds NaN or Inf (try a smaller lr)")
+        self.params = self._current
+
+    def run_round(self, round: int, exchange: Exchange) -> float:
+        """Train, then take the strategy's gossip steps, moving messages with `exchange`; returns the train loss."""
+        loss = self.train(round)
+        for step in range(self.strategy.gossip_steps(round)):
+            payload = self.outgoing(step)
+            self.combine(round, step, exchange(round, step, payload, self.receivers(round, step),
+                                               self.senders(round, step)))
+        self.finish(round)
+        return loss
 
     def _mix(self, round: int, step: int, messages: dict[int, Tensor]) -> tuple[Tensor, list | None]:
         """sum_j w_ij m_j over the node's row of W, with the simulation's product (ascending j, float64, from 0),
@@ -204,20 +216,19 @@ def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str]
     node = Node(setup, node_id)
     check_peers(node.topology, node_id, peers)
     transport = config.transport
-    inbox = Inbox(node_id, node.senders, *node.message_size())
+    inbox = Inbox(node_id, node.senders, *node.message_size(), codec=node.codec)
     tls = (security.tls_cert, security.tls_key) if security.tls_cert else None
     server = GossipServer(inbox, listen, tls=tls, auth_secret=security.secret, chunk_size=transport.chunk_bytes)
-    token = client_token(security.secret, node_id) if security.secret is not None else None
-    clients = {peer: GossipClient(address, node_id, token=token, root_cert_path=security.root_cert or None,
+    clients = {peer: GossipClient(address, secret=security.secret, root_cert_path=security.root_cert or None,
                                   chunk_size=transport.chunk_bytes, timeout_seconds=transport.timeout_seconds)
                for peer, address in peers.items()}
     print(f"node {node_id}: listening on {listen.rsplit(':', 1)[0]}:{server.port}; peers {sorted(peers)}",
           file=log, flush=True)
     sent = 0
 
-    def exchange(round: int, step: int, message: Tensor, receivers: list[int], senders: list[int]) -> dict[int, Tensor]:
+    def exchange(round: int, step: int, message: Payload, receivers: list[int], senders: list[int]) -> dict[int, Tensor]:
         nonlocal sent
-        sent += sum(clients[peer].send(round, step, message) for peer in receivers)
+        sent += sum(clients[peer].send(node_id, peer, round, step, message) for peer in receivers)
         return inbox.wait_for(round, step, senders, transport.timeout_seconds)
 
     try:

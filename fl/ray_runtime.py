@@ -18,6 +18,7 @@ import ray  # noqa: E402
 import torch
 from torch import Tensor
 
+from fl.gossip_hosts import HostLink, Hosts, NodeHost, addresses_of, placement
 from fl.pool import WorkerPool, balance, chunk_size
 from fl.worker import Worker, WorkerSetup, as_tensor
 from transport.channel import Channel, Endpoint
@@ -160,3 +161,32 @@ def start_ray_server(runtime: Any, setup: Any, make_channel: Callable[[], Channe
         ray.kill(server)
         if started:
             ray.shutdown()
+
+
+class RayHosts(Hosts):
+    """A decentralized run's node hosts as Ray actors, one per worker the runtime's layout gives (each with a
+    worker's CPUs), nodes balanced by shard size; they send each other their messages over gRPC."""
+
+    def __init__(self, setup: Any, runtime: Any, link: HostLink) -> None:
+        self.started = init_ray(runtime.address)
+        self.num_nodes = setup.data.num_clients
+        workers, cpus, _ = worker_layout(runtime)  # the nodes train on CPUs, as `fl node` does
+        groups = placement(setup, workers)
+        actor = ray.remote(NodeHost).options(num_cpus=cpus, scheduling_strategy="SPREAD")
+        setup_ref = ray.put(setup)
+        self.actors = [actor.remote(setup_ref, group, link) for group in groups]
+        addresses = addresses_of(groups, ray.get([a.where.remote() for a in self.actors]))
+        ray.get([a.connect.remote(addresses) for a in self.actors])
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
+
+    def close(self) -> None:
+        try:
+            ray.get([actor.close.remote() for actor in self.actors])
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
+            self.actors = []
+            if self.started:
+                ray.shutdown()

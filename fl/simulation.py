@@ -16,9 +16,11 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
-from fl.gossip_sim import GossipRun, gossip_setup, in_process_run
+from fl.gossip_hosts import HostLink, Hosts, LocalHosts
+from fl.gossip_sim import GossipRun, GossipSetup, gossip_setup, in_process_run
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
+from fl.node import Security
 from fl.params import ParamSpec
 from fl.pool import LocalPool
 from fl.progress import RoundProgress, summary_table
@@ -77,6 +79,22 @@ def grpc_settings(transport: TransportConfig) -> GrpcSettings:
     limits = ServerLimits(idle_seconds=transport.idle_seconds, calls_per_client=transport.calls_per_client)
     return GrpcSettings(transport.listen, transport.chunk_bytes, transport.max_message_bytes, transport.timeout_seconds,
                         transport.tls_cert, transport.tls_key, transport.tls_root_cert, secret, limits)
+
+
+def hosts_factory(config: RunConfig) -> Callable[[GossipSetup], Hosts]:
+    """Where a decentralized run's nodes live when their messages travel over gRPC: one host in this process (the
+    local backend) or one per Ray worker, listening on `transport.listen`'s host with its TLS and tokens."""
+    transport = config.transport
+    settings = grpc_settings(transport)
+    security = Security(transport.tls_cert, transport.tls_key, transport.tls_root_cert, settings.auth_secret)
+    link = HostLink(transport.listen.rsplit(":", 1)[0], security, transport.chunk_bytes, transport.timeout_seconds)
+    if config.runtime.backend == "local":
+        return functools.partial(LocalHosts, link=link)
+    if config.runtime.address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # as `start_server` does
+    from fl.ray_runtime import RayHosts
+
+    return functools.partial(RayHosts, runtime=config.runtime, link=link)
 
 
 def channel_factory(config: RunConfig) -> ChannelFactory | None:
@@ -140,14 +158,19 @@ def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable
 
 @contextmanager
 def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterator[Callable[..., Any]]:
-    """`call(method, *args)` on what runs the rounds: a server, or a decentralized run. Synchronous gossip runs on
-    the backend's pool and channel (a Ray actor with worker actors, or this process with the gRPC channel); with the
+    """`call(method, *args)` on what runs the rounds: a server, or a decentralized run. Synchronous gossip on the
+    gRPC channel keeps its nodes on hosts (this process, or one Ray actor per worker) that send each other their
+    messages over gRPC; on Ray's direct channel its nodes train as tasks on the pool and mix in a Ray actor; with the
     local backend and the direct channel, and for asynchronous gossip, its nodes train in this process."""
     if kind(config.strategy.name) == "decentralized":
         setup = gossip_setup(config, data, model_fn)
         in_process = config.runtime.backend == "local" and config.transport.channel == "direct"
         if in_process or getattr(type(setup.strategy), "asynchronous", False):
             with _calling(in_process_run(setup, config.devices.spec())) as call:
+                yield call
+            return
+        if config.transport.channel == "grpc":
+            with _calling(GossipRun(setup, make_hosts=hosts_factory(config))) as call:
                 yield call
             return
         with start_server(config, setup, GossipRun) as call:

@@ -21,8 +21,8 @@ from fl.config import RunConfig, load_config
 from fl.gossip_sim import GossipRun, gossip_setup
 from fl.node import Node
 from fl.scenario import build_data, build_model_fn
-from transport.auth import client_token
 from transport.board import Refused
+from transport.codecs.registry import make_codec
 from transport.gossip_peer import GossipClient, GossipServer, Inbox
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gossip_deploy"
@@ -62,18 +62,19 @@ def run_nodes_in_threads(config: RunConfig) -> list[torch.Tensor]:
     data = build_data(config.data, config.seed)
     setup = gossip_setup(config, data, build_model_fn(config.model, data))
     nodes = [Node(setup, node) for node in range(data.num_clients)]  # one after the other: they seed torch
-    inboxes = [Inbox(node.node, node.senders, *node.message_size()) for node in nodes]
+    inboxes = [Inbox(node.node, node.senders, *node.message_size(), codec=node.codec) for node in nodes]
 
-    def deliver(receiver: int, *message) -> None:
+    def deliver(receiver: int, round: int, step: int, sender: int, payload) -> None:
         while True:
             try:
-                return inboxes[receiver].put(*message)
+                inbox = inboxes[receiver]
+                return inbox.put(round, step, sender, inbox.decode(payload), payload.nbytes())
             except Refused as refusal:  # the receiver is rounds behind: try again, as a GossipClient does
                 assert refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refusal
                 time.sleep(0.01)
 
     def work(node: Node) -> None:
-        def exchange(round: int, step: int, message: torch.Tensor, receivers: list[int], senders: list[int]):
+        def exchange(round: int, step: int, message, receivers: list[int], senders: list[int]):
             for receiver in receivers:
                 deliver(receiver, round, step, node.node, message)
             return inboxes[node.node].wait_for(round, step, senders, timeout=60)
@@ -161,15 +162,22 @@ def peer():
     server.stop(None)
 
 
-def sender(address: str, node: int, token_of: int | None = None, **options) -> GossipClient:
-    token = client_token(SECRET, node if token_of is None else token_of)
-    return GossipClient(address, node, token=token, timeout_seconds=options.pop("timeout_seconds", 5), **options)
+class Sender:
+    """One node's pushes to node 0 through a `GossipClient`."""
+
+    def __init__(self, address: str, node: int, secret: bytes | None = SECRET, **options) -> None:
+        self.node, self.receiver = node, options.pop("receiver", 0)
+        self.client = GossipClient(address, secret=secret, timeout_seconds=options.pop("timeout_seconds", 5),
+                                   **options)
+
+    def send(self, round: int, step: int, message) -> int:
+        return self.client.send(self.node, self.receiver, round, step, message)
 
 
-def refusal(client: GossipClient, *args) -> grpc.StatusCode:
+def refusal(client: Sender, *args) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as error:
         client.send(*args)
-    client.close()
+    client.client.close()
     return error.value.code()
 
 
@@ -177,18 +185,45 @@ def test_a_peers_message_arrives_bit_for_bit(peer) -> None:
     inbox, address = peer
     message = torch.randn(SIZE)
 
-    received = sender(address, 7).send(1, 0, message)
+    received = Sender(address, 7).send(1, 0, message)
 
     assert received > 4 * SIZE
     assert torch.equal(inbox.wait_for(1, 0, [7], timeout=5)[7], message)
 
 
+def test_a_receiver_the_server_does_not_keep_is_not_found(peer) -> None:
+    _, address = peer
+
+    assert refusal(Sender(address, 1, receiver=5), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_compressed_message_travels_as_its_payload_and_is_counted_per_sender() -> None:
+    # Prepare: an inbox expecting top-k payloads, and one message compressed on the sender's side
+    codec = make_codec("topk:ratio=0.1")
+    size = 1000
+    inbox = Inbox(0, lambda round, step: [1, 2], size, torch.float32, codec=codec)
+    server = GossipServer(inbox, "127.0.0.1:0")
+    payload, _ = codec.encode(torch.randn(size), {}, torch.Generator().manual_seed(0))
+    one, two = (Sender(f"127.0.0.1:{server.port}", node, secret=None) for node in (1, 2))
+    try:
+        # Execute
+        frames = one.send(1, 0, payload)
+        wrong_codec = refusal(two, 1, 0, torch.zeros(size))  # the identity codec's payload
+        # Assert: the receiver decodes the payload as the sender does, and counts its bytes, not the dense size
+        assert torch.equal(inbox.wait_for(1, 0, [1], timeout=5)[1], codec.decode(payload, {})[0])
+        assert inbox.take_bytes() == {1: payload.nbytes()}
+        assert payload.nbytes() < frames < 4 * size / 2
+        assert wrong_codec == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(None)
+
+
 def test_a_wrong_or_missing_token_is_unauthenticated(peer) -> None:
     inbox, address = peer
 
-    assert refusal(sender(address, 1, token_of=7), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.UNAUTHENTICATED
-    assert refusal(GossipClient(address, 1, timeout_seconds=5), 1, 0, torch.zeros(SIZE)) == \
+    assert refusal(Sender(address, 1, secret=b"another secret"), 1, 0, torch.zeros(SIZE)) == \
         grpc.StatusCode.UNAUTHENTICATED
+    assert refusal(Sender(address, 1, secret=None), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(TimeoutError, match=r"from node\(s\) \[1\]"):
         inbox.wait_for(1, 0, [1], timeout=0.1)
 
@@ -196,25 +231,25 @@ def test_a_wrong_or_missing_token_is_unauthenticated(peer) -> None:
 def test_a_message_from_a_node_that_is_not_an_in_neighbour_is_refused(peer) -> None:
     _, address = peer
 
-    assert refusal(sender(address, 3), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.PERMISSION_DENIED
+    assert refusal(Sender(address, 3), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_wrong_sizes_repeats_old_rounds_and_rounds_far_ahead_are_refused(peer) -> None:
     inbox, address = peer
-    one, seven = sender(address, 1), sender(address, 7)
+    one, seven = Sender(address, 1), Sender(address, 7)
     # Prepare: round 1 mixed, round 2 of node 1 held
     seven.send(1, 0, torch.zeros(SIZE))
     one.send(1, 0, torch.zeros(SIZE))
     inbox.wait_for(1, 0, [1, 7], timeout=5)
     one.send(2, 0, torch.zeros(SIZE))
     # Assert
-    assert refusal(sender(address, 7), 2, 0, torch.zeros(SIZE + 1)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert refusal(sender(address, 7), 2, 0, torch.zeros(SIZE, dtype=torch.float64)) == \
+    assert refusal(Sender(address, 7), 2, 0, torch.zeros(SIZE + 1)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal(Sender(address, 7), 2, 0, torch.zeros(SIZE, dtype=torch.float64)) == \
         grpc.StatusCode.INVALID_ARGUMENT
-    assert refusal(sender(address, 7), 2, 0, torch.full((SIZE,), float("nan"))) == grpc.StatusCode.INVALID_ARGUMENT
-    assert refusal(sender(address, 1), 2, 0, torch.zeros(SIZE)) == grpc.StatusCode.ALREADY_EXISTS
-    assert refusal(sender(address, 7), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.FAILED_PRECONDITION
-    assert refusal(sender(address, 7, timeout_seconds=0.3), 4, 0, torch.zeros(SIZE)) == \
+    assert refusal(Sender(address, 7), 2, 0, torch.full((SIZE,), float("nan"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal(Sender(address, 1), 2, 0, torch.zeros(SIZE)) == grpc.StatusCode.ALREADY_EXISTS
+    assert refusal(Sender(address, 7), 1, 0, torch.zeros(SIZE)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert refusal(Sender(address, 7, timeout_seconds=0.3), 4, 0, torch.zeros(SIZE)) == \
         grpc.StatusCode.RESOURCE_EXHAUSTED  # retried until the client's timeout: node 0 holds rounds up to 3
     assert set(inbox.wait_for(2, 0, [1], timeout=5)) == {1}
 
@@ -223,9 +258,9 @@ def test_tls_carries_a_message(certificate) -> None:
     cert, key = certificate
     inbox = Inbox(0, lambda round, step: [1], SIZE, torch.float32)
     server = GossipServer(inbox, "127.0.0.1:0", tls=(cert, key))
-    client = GossipClient(f"127.0.0.1:{server.port}", 1, root_cert_path=cert, timeout_seconds=10)
+    client = GossipClient(f"127.0.0.1:{server.port}", root_cert_path=cert, timeout_seconds=10)
     try:
-        client.send(1, 0, torch.arange(SIZE, dtype=torch.float32))
+        client.send(1, 0, 1, 0, torch.arange(SIZE, dtype=torch.float32))
         assert torch.equal(inbox.wait_for(1, 0, [1], timeout=5)[1], torch.arange(SIZE, dtype=torch.float32))
     finally:
         client.close()
@@ -234,8 +269,8 @@ def test_tls_carries_a_message(certificate) -> None:
 
 def test_a_peer_that_never_comes_up_times_out_naming_its_address() -> None:
     address = f"127.0.0.1:{free_ports(1)[0]}"
-    client = GossipClient(address, 3, timeout_seconds=0.5)
+    client = GossipClient(address, timeout_seconds=0.5)
 
     with pytest.raises(TimeoutError, match=f"node 3: the peer at {address} took no message of round 2"):
-        client.send(2, 0, torch.zeros(SIZE))
+        client.send(3, 0, 2, 0, torch.zeros(SIZE))
     client.close()
