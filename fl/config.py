@@ -95,7 +95,8 @@ class TopologySection:
     name: str = "ring"  # ring | torus | complete | star | regular | erdos_renyi | exponential | one_peer_exponential |
     #                     directed_exponential | edge_list
     weights: str = ""  # metropolis | uniform; empty: metropolis, or uniform for the exponential graphs (fixed weights)
-    engine: str = "auto"  # auto | vectorized (every node in one batched step) | nodes (one node at a time)
+    engine: str = "auto"  # auto | vectorized (every node in one batched step) | nodes (one node at a time, on hosts
+    # that send each other the messages over gRPC when the channel is gRPC); auto: nodes on hosts below 100 nodes
     independent_init: bool = False  # every node draws its own initial model
     options: dict[str, Any] = field(default_factory=dict)  # the graph's own settings, e.g. degree, p, rows, file
 

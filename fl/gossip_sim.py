@@ -1,30 +1,24 @@
 """A decentralized simulation: no server; every node trains from its own parameters and gossips over a topology.
 
-All node parameters are one [nodes, params] tensor. Each round every node trains locally (node i's task of round r
-is seeded as client i's task in round r of a synchronous run), then `fl.gossip.gossip_round` runs the strategy's
-gossip steps over the topology's mixing matrix. Two engines train the nodes: "vectorized" (every node at once with
-one vmapped step, `fl/batched_training.py`) and "nodes" (one `LocalTrainer` run per node, through the strategy's
-client hook); "auto" takes the vectorized one when the model, the optimizer and the strategy allow it. Messages are
-counted per directed edge, in bytes (a compressing strategy's payload size, else the message's own size).
-Rounds report the averaged model's test accuracy, the nodes' own accuracies (mean, min, max, on a seeded subset of
-the test set) and the consensus distance.
+Each round every node trains locally (node i's task of round r is seeded as client i's task in round r of a
+synchronous run), then takes the strategy's gossip steps over the topology's mixing matrix. Two engines train the
+nodes: "vectorized" (every node at once with one vmapped step, `fl/batched_training.py`) and "nodes" (one
+`LocalTrainer` run per node, through the strategy's client hook). Rounds report the averaged model's test accuracy,
+the nodes' own accuracies (mean, min, max, on a seeded subset of the test set), the consensus distance and the bytes
+of every directed edge. Where the nodes live:
 
-On a worker pool (`make_channel` and `make_pool`, as a `fl.server.Server` takes them: the Ray backend, or the local
-one with the gRPC channel) the "nodes" engine trains every node as a TRAIN task posted on the channel and run by the
-pool, like a virtual client: the node's own parameters ride in the task's simulation-only state (`NODE_START`,
-uncounted), and its update comes back as the result's update, through the channel's `ResultAdmission`. The same
-`LocalTrainer` code and seeds give the in-process engine's bits with any number of workers on any channel. Each round
-publishes the averaged model only because a channel needs a version for its tasks to name; that traffic (downloads,
-updates) is the simulation's, never counted as gossip. The vectorized engine is one batched step in the process that
-holds the run, so it makes no channel and no pool.
+- On hosts (`make_hosts`, the gRPC channel; `fl/gossip_hosts.py`): each host keeps some nodes with their state and
+  serves their inboxes over gRPC; the nodes send each other their messages (a compressing strategy's payload, else
+  the exact bits) and mix their own rows of W. Each edge's bytes are the payload bytes its receiver took in.
+- On a worker pool (`make_channel` and `make_pool`, as a `fl.server.Server` takes them: Ray's direct channel): every
+  node trains as a TRAIN task posted on the channel and run by the pool, like a virtual client: the node's own
+  parameters ride in the task's simulation-only state (`NODE_START`, uncounted), and its update comes back through
+  the channel's `ResultAdmission`. Each round publishes the averaged model only because a channel needs a version for
+  its tasks to name; that traffic is the simulation's, never counted as gossip. The messages are mixed here.
+- In this process (neither): all node parameters are one [nodes, params] tensor, and `fl.gossip.gossip_round` mixes.
 
-Gossip messages do not cross the channel. A channel links this process to the workers, not node to node, and the
-messages are computed and mixed here, where the strategy and every node's state live (a message depends on the
-node's state, and a round may take several gossip steps, each needing the previous step's combine). Sending each
-node's inbox to a worker and back would count a relay's bytes (twice, plus the published model), not an edge's, and
-mix what was kept here anyway. Real node-to-node messages need the node's state and its combine on the node's side:
-that is `fl node` (transport/gossip_peer.py), whose processes exchange the exact bits over gRPC. Here each message is
-counted once per directed edge it crosses, from the message itself.
+Where the messages are mixed here, each is counted once per directed edge it crosses, at its payload size. Every
+path gives the same bits and bytes, with any number of hosts or workers. The vectorized engine always runs here.
 """
 
 from __future__ import annotations

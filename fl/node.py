@@ -7,7 +7,9 @@ A node builds what the simulation (fl/gossip_sim.py) builds for it: the data, th
 through the strategy's client hook); then, per gossip step, it sends its message to its out-neighbours, waits for its
 in-neighbours' messages of the same round and step, and mixes them with `fl.gossip.mix` on its own row of W: the same
 float64 product, summed in ascending sender order as the simulation sums the row. Messages travel as their exact
-bits, so each node ends with its row of the simulation (engine "nodes") bit for bit.
+bits, or as a compressing strategy's payload that the receiver decodes as the sender does, so each node ends with
+its row of the simulation (engine "nodes") bit for bit. A simulation's node hosts (fl/gossip_hosts.py) keep `Node`s
+too.
 
 Rounds are synchronous per neighbourhood: a node mixes round r once all its in-neighbours' round-r messages are in,
 so neighbours never drift far apart, and the inbox holds at most a few rounds.
