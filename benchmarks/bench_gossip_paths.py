@@ -11,7 +11,7 @@ ring (64 directed edges). Paths:
 Rounds after the first are timed (the median); every nodes path must end with the baseline's bits. The same is run
 for CHOCO with top-k (10 %) to show what compression saves on the wire.
 
-Run:  python benchmarks/bench_gossip_paths.py [--rounds 6] [--workers 2] [--nodes 32]
+Run:  python benchmarks/bench_gossip_paths.py [--rounds 6] [--workers 2] [--nodes 32] [--local]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import statistics
 import torch
 
 from fl.config import load_config
+from fl.ray_runtime import init_ray
 from fl.simulation import run_simulation
 
 PATHS = {
@@ -38,9 +39,9 @@ STRATEGIES = {
 
 
 def scenario(nodes: int, rounds: int, workers: int) -> list[str]:
-    return [f"rounds={rounds}", 'data.name="digits"', f"data.num_clients={nodes}", 'data.partition="dirichlet"',
-            "data.dirichlet_alpha=0.3", 'model.name="mlp"', "model.hidden=[64]", "client.steps=10",
-            "client.batch_size=32", "client.lr=0.1", 'topology.name="ring"', "eval.every=0",
+    return [f"rounds={rounds}", 'data.name="digits"', f"data.num_clients={nodes}", f"sampling.per_round={nodes}",
+            'data.partition="dirichlet"', "data.dirichlet_alpha=0.3", 'model.name="mlp"', "model.hidden=[64]",
+            "client.steps=10", "client.batch_size=32", "client.lr=0.1", 'topology.name="ring"', "eval.every=0",
             f"runtime.num_workers={workers}"]
 
 
@@ -49,12 +50,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--local", action="store_true", help="only the paths without Ray")
     args = parser.parse_args()
+    paths = {name: path for name, path in PATHS.items() if not (args.local and 'runtime.backend="ray"' in path)}
+    if not args.local:
+        init_ray()  # once: every Ray run below finds it running and leaves it up
     print(f"{args.nodes} nodes on a ring, {args.rounds} rounds; seconds per round: the median after round 1")
     print(f"{'strategy':16} {'path':18} {'s/round':>8} {'x baseline':>10} {'bytes/round':>12} {'same bits':>9}")
     for strategy, settings in STRATEGIES.items():
         baseline = None
-        for path, overrides in PATHS.items():
+        for path, overrides in paths.items():
             config = load_config(None, [*scenario(args.nodes, args.rounds, args.workers), *settings, *overrides])
             result = run_simulation(config, write=False, show_progress=False)
             seconds = statistics.median(result.round_seconds[1:])
