@@ -40,6 +40,7 @@ SCENARIO = [
     'data.name="digits"', "data.num_clients=32", 'data.partition="dirichlet"', "data.dirichlet_alpha=0.3",
     'model.name="mlp"', "model.hidden=[64]", "client.steps=10", "client.batch_size=32", "client.lr=0.1",
     'strategy.name="dpsgd"', 'runtime.backend="local"', "eval.every=1",
+    'topology.engine="vectorized"',  # every node in one step; "nodes" sends each message over gRPC (2-3x slower)
 ]
 CURVES = ["consensus_distance", "test_accuracy", "node_accuracy_mean", "node_accuracy_min", "node_accuracy_max"]
 
