@@ -3,7 +3,9 @@
 Time is seconds since the run started. Tasks go to joined clients on the gRPC board; results are applied in the order
 they really arrive, with staleness counted in versions. A task whose version becomes too stale for the strategy is
 withdrawn at once (its client is free for a new one and its late result is refused), and a task unanswered for
-`timeout` seconds is dropped (its client is presumed gone). Timers and delayed starts wait on the real clock.
+`timeout` seconds is dropped: its client is presumed gone and forgotten (it must join again), as is an idle client
+whose session made no call for that long. When no client is left and none joins within `timeout` seconds, the run
+ends with ClientsGone. Timers and delayed starts wait on the real clock.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from torch import Tensor
 from fl.async_loop import AsyncLoop, Flight, TaskRunner, VersionRecord
 from fl.clock import ARRIVE, DROP
 from fl.compression import UplinkDecoder
+from fl.deploy import POLL_SECONDS as CLIENT_POLL_SECONDS
+from fl.errors import ClientsGone
 from fl.timing import TaskTiming
 from strategies.asynchronous.base import AsyncStrategy, Start
 from transport.messages import Result, Task
@@ -38,6 +42,13 @@ class BoardTasks(TaskRunner):
 
     def cancel(self, handle: int) -> None:
         self.channel.cancel((handle, -1))
+
+    def forget(self, client: int) -> None:
+        """A client presumed gone: it must join again before it gets another task."""
+        self.channel.board.forget(client)
+
+    def quiet_clients(self, seconds: float) -> list[int]:
+        return self.channel.board.quiet_clients(seconds)
 
     def settle(self, result: Result, applied: bool) -> None:
         self.decoder.settle(result.client_id, applied)
@@ -63,7 +74,7 @@ class RealTimeLoop(AsyncLoop):
         return max(time.monotonic() - self.start_time, self.queue.now)
 
     def next_version(self) -> VersionRecord:
-        idle_since = self.clock()
+        idle_since = alone_since = self.clock()
         while self.clock() < self.limit:
             now = self.clock()
             if self.queue and self.queue.peek_time() <= now:
@@ -71,14 +82,26 @@ class RealTimeLoop(AsyncLoop):
                 if record is not None:
                     return record
                 continue
+            if self.flights or self.delayed or self.connected():
+                alone_since = now  # before any is dropped or forgotten: a rejoin gets the whole timeout
             self._expire(now)
+            self._forget_quiet()
             self._fill(now)  # clients may have joined
+            if not (self.flights or self.delayed or self.connected()) and now - alone_since > self.timeout:
+                raise ClientsGone(f"version {self.version + 1}: no client is left (each was dropped or went quiet) "
+                                  f"and none joined again within {self.timeout:g} s")
             if self.flights or self.queue:
                 idle_since = now
-            elif now - idle_since > self.timeout:
-                break  # nothing in flight and nobody to start: the clients are gone
+            elif now - idle_since > self.timeout and self.connected():
+                break  # nothing in flight, and the clients there get nothing to do
             self._wait(min(self.queue.peek_time() - now, POLL_SECONDS))
         return self._end(self.clock())
+
+    def _forget_quiet(self) -> None:
+        """Forget the idle clients whose session made no call for `timeout` seconds (at least a few of their polls)."""
+        for client in self.runner.quiet_clients(max(self.timeout, 2 * CLIENT_POLL_SECONDS)):
+            if client not in self.flights and client not in self.delayed:
+                self.runner.forget(client)
 
     def _wait(self, seconds: float) -> None:
         """Wait up to `seconds` for a result; an arrival is queued at the moment it is taken."""
@@ -99,6 +122,7 @@ class RealTimeLoop(AsyncLoop):
         """Drop the tasks unanswered for `timeout` seconds: their clients are presumed gone."""
         for client in [c for c, f in self.flights.items() if f.result is None and now - f.start_time > self.timeout]:
             self._withdraw(client, now)
+            self.runner.forget(client)
             self.record.dropped += 1
             self._log(now, DROP, client)
 

@@ -1,11 +1,14 @@
 """The asynchronous loop on the virtual clock: clients start and arrive one at a time, and versions are published.
 
-At most `strategy.concurrency` clients are in flight (a closed loop): once the events of a moment are handled, free
-slots go to idle online clients that the strategy selects (so clients arriving together restart together, on the
-version their arrivals made). A started task downloads the current version, trains on that snapshot, and arrives
-when the cost model says, or fails midway (dropout, offline at finish). Events are consumed in (time, kind, client)
-order; the strategy sees each arrival with its staleness (versions published since the client started) and may
-publish a version; its timers serve interval methods.
+At most `strategy.concurrency` clients are in flight (a closed loop): after every event, free slots go to idle online
+clients that the strategy selects. Events are consumed one at a time in (time, kind, client) order, as the papers'
+schedulers do (Fraboni et al. 2023, clients_schedule.py: time, then client id), so a client whose arrival publishes a
+version restarts on that version before the next arrival of the same instant. The end of a task that took no time
+(no device profiles) is the exception: it fills no slot while other events of that instant remain, or, ordered by id,
+the lowest such client would arrive again and again before the others. A started task downloads the current version,
+trains on that snapshot, and arrives when the cost model says, or fails midway (dropout, offline at finish). The
+strategy sees each arrival with its staleness (versions published since the client started) and may publish a
+version; its timers serve interval methods.
 
 Training is lazy and parallel: posted tasks wait until one of them is needed, then every waiting task trains in one
 batch on the pool, each from its own snapshot and seed, so batch sizes, worker counts and channels change nothing.
@@ -27,11 +30,12 @@ import torch
 from torch import Tensor
 
 from fl.clock import ARRIVE, DROP, START, TIMER, WAKE, EventQueue
+from fl.divergence import DivergenceWatch
 from fl.seeding import ASYNC_SELECT, TRAINING, derive_rng, derive_seed
 from fl.timing import TaskTiming
 from strategies.asynchronous.base import Arrival, AsyncStrategy, Start, check_concurrency
 from strategies.base import Instruction
-from transport.messages import TRAIN, Result, Task
+from transport.messages import DIVERGED, TRAIN, Result, Task
 
 STALL_EVENTS = 10_000  # events in a row that bring no update (timers while tasks are in flight not counted)
 
@@ -77,11 +81,15 @@ class VersionRecord:
     samples: int = 0
     dropped: int = 0
     stale: int = 0  # arrivals older than the strategy's max_staleness, not applied
+    diverged: int = 0  # tasks whose training diverged (fl/divergence.py)
+    refused: int = 0  # results whose values the server refused
+    clients: list[int] = field(default_factory=list)  # of the applied arrivals, in order
     in_flight: int = 0
     up_by_client: dict[int, int] = field(default_factory=dict)  # bytes of the results consumed (applied or stale)
     ended: bool = False
 
     def add(self, arrival: Arrival) -> None:
+        self.clients.append(arrival.client_id)
         self.staleness.append(arrival.staleness)
         self.loss_sum += arrival.metrics["loss"] * arrival.num_samples
         self.samples += arrival.num_samples
@@ -113,6 +121,8 @@ class AsyncLoop:
         self.params, self.version = params.detach().clone(), publish(params)
         self.record = VersionRecord()
         self.rows = 0
+        self.made_by: dict[int, list[int]] = {}  # version -> the clients whose updates made it
+        self.divergence = DivergenceWatch(self.concurrency)
         self._after_event(0.0)
 
     @property
@@ -134,11 +144,13 @@ class AsyncLoop:
     def _step(self) -> VersionRecord | None:
         """Handle the next event; the record of the version it published, if any."""
         event = self.queue.pop()
+        flight = self.flights.get(event.client_id) if event.kind in (ARRIVE, DROP) else None
+        took_no_time = flight is not None and flight.start_time == event.time
         new_params = self._handle(event.kind, event.client_id, event.time)
         record = self._publish(new_params) if new_params is not None else None
         if record is not None:
             self._published(event.time)
-        self._after_event(event.time)
+        self._after_event(event.time, wait=took_no_time)
         if record is not None:
             record.in_flight = self.in_flight
         return record
@@ -187,6 +199,8 @@ class AsyncLoop:
         staleness = self.version - task.version
         limit = self.strategy.max_staleness
         self.record.uploaded(client, flight.up_bytes)
+        if result is not None and result.kind != TRAIN:
+            return self._failed(result, now)
         if flight.skipped or (limit is not None and staleness > limit):
             if result is not None:
                 self.runner.settle(result, applied=False)
@@ -194,12 +208,24 @@ class AsyncLoop:
             self._log(now, "stale", client)
             return None
         self.runner.settle(result, applied=True)
+        self.divergence.add(f"round {self.rows + 1}", client, TRAIN, ())
         arrival = Arrival(client, result.update, result.num_samples, result.metrics, staleness, task.version,
                           flight.start_time, now, params, result.tensors)
         self.record.add(arrival)
         self.histogram[staleness] += 1
         self._log(now, ARRIVE, client)
         return self.strategy.on_arrival(arrival, self.params.clone())
+
+    def _failed(self, result: Result, now: float) -> None:
+        """A task that brought no update: its training diverged, or the server refused its values."""
+        self.runner.settle(result, applied=False)
+        if result.kind == DIVERGED:
+            self.record.diverged += 1
+        else:
+            self.record.refused += 1
+        self._log(now, result.kind, result.client_id)
+        self.divergence.add(f"round {self.rows + 1}", result.client_id, result.kind,
+                            self.made_by.get(result.version, ()))
 
     def _publish(self, new_params: Tensor) -> VersionRecord:
         if not torch.isfinite(new_params).all():
@@ -209,13 +235,15 @@ class AsyncLoop:
         self.version = self._publish_params(self.params)
         record, self.record = self.record, VersionRecord()
         record.version, record.time = self.version, self.now
+        self.made_by[self.version] = record.clients
         self.rows += 1
         self.quiet = 0
         return record
 
-    def _after_event(self, now: float) -> None:
-        """Fill free slots once every event at this time is handled, then (re)arm the strategy's timer."""
-        if self.queue.peek_time() > now:
+    def _after_event(self, now: float, wait: bool = False) -> None:
+        """Fill free slots before the next event (`wait`: once no event of this time is left), then (re)arm the
+        strategy's timer."""
+        if not wait or self.queue.peek_time() > now:
             self._fill(now)
         when = self.strategy.next_timer()
         if when is not None and when != self.timer:

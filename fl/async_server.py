@@ -75,6 +75,8 @@ def version_row(round: int, record: VersionRecord, down: dict[int, int], up: dic
         "in_flight": record.in_flight,
         "dropped": record.dropped,
         "stale": record.stale,
+        "diverged": record.diverged,
+        "refused": record.refused,
     }
     if record.ended:
         row["ended"] = True

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 import grpc
 
-from fl.config import ConfigError, load_config
+from fl.config import ConfigError, load_config, validate_delivery
+from fl.errors import ClientsGone, Diverged
 from transport.channel import UpdateRefused
 from transport.grpc_server import ListenError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 HINTS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: " (no server answered in time: is it running there, and do its TLS settings "
                                        "match?)",
     grpc.StatusCode.ALREADY_EXISTS: " (`fl client --replace` takes over the client id)",
+    grpc.StatusCode.UNAVAILABLE: " (the server is not running at that address, or it stopped)",
 }
 
 
@@ -75,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f'runtime.address="{args.address}"'] if args.address else [])
     config = load_config(args.config, overrides)
+    validate_delivery(config)
     from fl.simulation import run_simulation
 
-    run_simulation(config, show_progress=not args.quiet)
-    return 0
+    return _delivered(run_simulation(config, show_progress=not args.quiet).history)
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -87,7 +93,16 @@ def _server(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     from fl.simulation import run_simulation
 
-    run_simulation(config, show_progress=not args.quiet)
+    return _delivered(run_simulation(config, show_progress=not args.quiet).history)
+
+
+def _delivered(history: list[dict]) -> int:
+    """0, or EXIT_FAILED with one line when no row of the run aggregated a single update."""
+    if history and not any(row["clients"] for row in history):
+        print(f"fl: error: none of the {len(history)} rounds received an update: every selected client was offline, "
+              f"dropped out or late (see devices.availability, devices.dropout, sampling.availability and "
+              f"sampling.deadline)", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -102,9 +117,7 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from fl.node import Security, parse_peers, run_node
+    from fl.node import Security, parse_peers, read_secret, run_node
 
     config = load_config(args.config, args.overrides)
     transport = config.transport
@@ -112,7 +125,7 @@ def _node(args: argparse.Namespace) -> int:
     if bool(cert) != bool(key):
         raise ConfigError("--tls-cert and --tls-key go together")
     secret_file = args.secret_file or transport.auth_secret_file
-    secret = Path(secret_file).read_bytes().strip() if secret_file else None
+    secret = read_secret(secret_file) if secret_file else None
     security = Security(cert, key, args.root_cert or transport.tls_root_cert, secret)
     run_node(config, args.node_id, args.listen, parse_peers(args.peers), security)
     return 0
@@ -148,12 +161,43 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM arrived: the command unwinds as on Ctrl-C (servers close, clients hear why) and exits 143. (A
+    KeyboardInterrupt, since Ray's waits turn any other exception raised by a signal handler into a SystemError.)"""
+
+
+_terminated: list[bool] = []  # set by SIGTERM: Ray's waits re-raise a handler's exception as a plain KeyboardInterrupt
+
+
+def _stop(signum: int, frame: object) -> None:
+    _terminated.append(True)
+    raise Stopped()
+
+
+def _exit_now(code: int) -> int:
+    """Exit with `code` once the command has unwound, without the interpreter's teardown (where threads that gRPC
+    and Ray still hold could abort the process)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"run": _run, "server": _server, "client": _client, "node": _node, "token": _token, "plot": _plot,
                 "strategies": _strategies}
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return commands[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Stopped)
+        print("fl: terminated (SIGTERM)" if _terminated else "fl: interrupted", file=sys.stderr)
+        return _exit_now(EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED)
+    except Diverged as error:  # a deployment's clients may not be honest: a failed run, not a bad input
+        print(f"fl: error: {error}", file=sys.stderr)
+        return EXIT_FAILED if args.command == "server" else EXIT_BAD_INPUT
+    except ClientsGone as error:
+        print(f"fl: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except (ConfigError, FileNotFoundError, FloatingPointError, UpdateRefused, TimeoutError) as error:
         print(f"fl: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -164,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = HINTS.get(error.code(), "")
         print(f"fl: error: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

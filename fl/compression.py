@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from transport.channel import ValuesRefused
 from transport.codecs.base import Codec, Payload, State
 from transport.downlink import Broadcast, Replica
 
@@ -58,8 +59,10 @@ class UplinkDecoder:
             update, state = self.codec.decode(payload, self.states.get(client_id, {}))
         except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as error:
             raise ValueError(f"update cannot be decoded: {error}") from None
-        if update.shape != (self.num_params,) or not torch.isfinite(update).all():
-            raise ValueError("update holds NaN or Inf values")
+        if update.shape != (self.num_params,):
+            raise ValueError(f"update decodes to shape {tuple(update.shape)}, expected ({self.num_params},)")
+        if not torch.isfinite(update).all():
+            raise ValuesRefused("update holds NaN or Inf values")
         return update, state
 
     def stage(self, client_id: int, state: State) -> None:

@@ -6,6 +6,7 @@ Every problem is a ConfigError whose message is one line naming the key and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fl.models import MODELS
+from fl.seeding import DEVICES as DEVICES_STREAM
+from fl.seeding import derive_seed
 from fl.training import OPTIMIZERS, UPDATE_DTYPES, TrainConfig
 from fl.worker import DEVICES
+from simulations.datasets import DIGITS_CLASSES, DIGITS_SAMPLES
 from simulations.partitions import PARTITIONERS
-from simulations.profiles import sample_profiles
+from simulations.profiles import Bernoulli, DeviceProfiles, sample_profiles
 from simulations.topologies import parse_topology
-from strategies.registry import kind, strategy_config
+from strategies.registry import STRATEGIES, kind, strategy_config
 from transport.codecs.registry import make_codec
 
 DATASETS = ("synthetic", "digits")
@@ -30,6 +34,9 @@ AVAILABILITY = ("always", "uniform")
 GOSSIP_ENGINES = ("auto", "vectorized", "nodes")
 BACKENDS = ("ray", "local", "deploy")  # deploy: clients are separate processes (`fl server` / `fl client`)
 CHANNELS = ("grpc", "direct")
+MAX_SEED = 2**63 - 1  # a TOML integer, and a seed torch and numpy take
+MIN_VIRTUAL_SECONDS = 1e-6  # max_virtual_seconds: 0 (no limit) or at least a microsecond of virtual time
+TIMEOUT_RANGE = (1.0, 7 * 24 * 3600.0)  # transport.timeout_seconds: from a second to a week
 
 
 class ConfigError(ValueError):
@@ -137,6 +144,15 @@ class TransportConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """What the server (and every gossip node) refuses whatever it came from: see docs/security.md."""
+
+    # An update (or a gossip message) whose L2 norm exceeds this many times max(1, the L2 norm of the model it
+    # applies to) is refused; 0 turns the bound off.
+    max_update_norm: float = 10.0
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -153,6 +169,7 @@ class RunConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     topology: TopologySection = field(default_factory=TopologySection)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -160,8 +177,10 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return float(value)
     if kind in (int, float, str, bool) and type(value) is not kind:
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
-    if getattr(kind, "__origin__", None) is list and not isinstance(value, list):
-        raise ConfigError(f"{key} must be a list, got {value!r}")
+    if getattr(kind, "__origin__", None) is list:
+        item = kind.__args__[0]
+        if not isinstance(value, list) or any(type(v) is not item for v in value):
+            raise ConfigError(f"{key} must be a list of {item.__name__}, got {value!r}")
     return value
 
 
@@ -235,13 +254,22 @@ def load_config_text(text: str, overrides: list[str] | None = None, source: str 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read TOML (or start from defaults), apply overrides, and validate."""
-    text = ""
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    text = "" if path is None else read_config_file(path)
     return load_config_text(text, overrides, source=str(path))
+
+
+def read_config_file(path: str | Path) -> str:
+    """The text of a TOML file; ConfigError when it is missing, not a file, unreadable or not UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a TOML file is)") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
 
 
 def _one_of(key: str, value: str, allowed: Any) -> None:
@@ -256,15 +284,13 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(config: RunConfig) -> None:
     """Raise ConfigError on the first bad value."""
-    data, client, sampling, runtime = config.data, config.client, config.sampling, config.runtime
+    client, sampling, runtime = config.client, config.sampling, config.runtime
     _require(config.rounds >= 1, f"rounds must be >= 1, got {config.rounds}")
-    _require(config.seed >= 0, f"seed must be >= 0, got {config.seed}")
-    _one_of("data.name", data.name, DATASETS)
-    _one_of("data.partition", data.partition, PARTITIONERS)
-    _require(data.num_clients >= 1, f"data.num_clients must be >= 1, got {data.num_clients}")
-    _require(data.alpha >= 0 and data.beta >= 0, "data.alpha and data.beta must be >= 0")
-    _require(data.dirichlet_alpha > 0, f"data.dirichlet_alpha must be > 0, got {data.dirichlet_alpha}")
-    _require(0 <= data.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {data.test_fraction}")
+    _require(0 <= config.seed <= MAX_SEED, f"seed must be in [0, 2**63 - 1], got {config.seed}")
+    limit = config.max_virtual_seconds
+    _require(limit == 0 or MIN_VIRTUAL_SECONDS <= limit < math.inf, f"max_virtual_seconds must be 0 (no limit) or "
+             f"a finite number of virtual seconds >= {MIN_VIRTUAL_SECONDS:g}, got {limit}")
+    validate_data(config.data)
     _one_of("model.name", config.model.name, MODELS)
     _require(all(h >= 1 for h in config.model.hidden), f"model.hidden must be positive sizes, got {config.model.hidden}")
     _one_of("client.optimizer", client.optimizer, OPTIMIZERS)
@@ -275,18 +301,15 @@ def validate(config: RunConfig) -> None:
     _require(client.steps > 0 or client.epochs >= 1, f"client.epochs must be >= 1, got {client.epochs}")
     _require(0 <= client.momentum < 1, f"client.momentum must be in [0, 1), got {client.momentum}")
     _require(client.weight_decay >= 0, f"client.weight_decay must be >= 0, got {client.weight_decay}")
-    _require(1 <= sampling.per_round <= data.num_clients,
-             f"sampling.per_round must be in [1, data.num_clients={data.num_clients}], got {sampling.per_round}")
+    _require(1 <= sampling.per_round <= config.data.num_clients, f"sampling.per_round must be in [1, data.num_clients="
+             f"{config.data.num_clients}], got {sampling.per_round}")
     _one_of("sampling.availability", sampling.availability, AVAILABILITY)
     _require(sampling.deadline >= 0, f"sampling.deadline must be >= 0 virtual seconds, got {sampling.deadline}")
     _require(sampling.over_select >= 1, f"sampling.over_select must be >= 1, got {sampling.over_select}")
     _require(sampling.over_select == 1 or config.devices.spec(),
              "sampling.over_select needs a [devices] table: without one every client arrives at once, and keeping "
              "the first per_round would always keep the lowest client ids")
-    try:
-        sample_profiles(config.devices.spec(), data.num_clients, config.seed)
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"devices: {error}") from None
+    device_profiles(config)
     _require(0 < sampling.availability_low <= sampling.availability_high <= 1,
              "sampling.availability_low and availability_high must satisfy 0 < low <= high <= 1")
     _require(config.eval.every >= 0 and config.eval.federated_every >= 0, "eval.every and eval.federated_every must be >= 0")
@@ -299,18 +322,78 @@ def validate(config: RunConfig) -> None:
     _require(runtime.threads_per_worker >= 1, "runtime.threads_per_worker must be >= 1")
     _require(runtime.backend != "deploy" or config.transport.channel == "grpc",
              "runtime.backend = 'deploy' needs transport.channel = 'grpc'")
+    validate_strategy(config)
+    validate_transport(config.transport)
+    bound = config.security.max_update_norm
+    _require(bound == 0 or 0 < bound < float("inf"),
+             f"security.max_update_norm must be 0 (no bound) or a positive number, got {bound}")
+
+
+def validate_data(data: DataConfig) -> None:
+    """The `[data]` table: a data set, a partitioner, and as many clients as the data set can give a sample each."""
+    _one_of("data.name", data.name, DATASETS)
+    _one_of("data.partition", data.partition, PARTITIONERS)
+    _require(data.num_clients >= 1, f"data.num_clients must be >= 1, got {data.num_clients}")
+    _require(data.alpha >= 0 and data.beta >= 0, "data.alpha and data.beta must be >= 0")
+    _require(data.dirichlet_alpha > 0, f"data.dirichlet_alpha must be > 0, got {data.dirichlet_alpha}")
+    _require(0 <= data.test_fraction < 1, f"data.test_fraction must be in [0, 1), got {data.test_fraction}")
+    if data.name != "digits":
+        return
+    _require(data.num_clients <= DIGITS_SAMPLES, f"data.num_clients must be in [1, {DIGITS_SAMPLES}] for the digits "
+             f"data set (one of its {DIGITS_SAMPLES} samples each at least), got {data.num_clients}")
+    if data.partition == "shards":
+        shards = data.num_clients * data.classes_per_client
+        _require(data.classes_per_client >= 1 and DIGITS_CLASSES <= shards <= DIGITS_SAMPLES,
+                 f"data.num_clients * data.classes_per_client must be in [{DIGITS_CLASSES}, {DIGITS_SAMPLES}] for "
+                 f"the digits shards (one class and one sample per shard at least), got {shards}")
+
+
+def device_profiles(config: RunConfig) -> DeviceProfiles | None:
+    """The clients' profiles that the run draws from the `[devices]` table (None without one)."""
+    spec = config.devices.spec()
+    if not spec:
+        return None
     try:
-        strategy_config(config.strategy.name, config.strategy.options)
+        return sample_profiles(spec, config.data.num_clients, derive_seed(config.seed, DEVICES_STREAM))
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"devices: {error}") from None
+
+
+def validate_strategy(config: RunConfig) -> None:
+    """The strategy's options (each config checks its own), its codec, and the sections its kind needs."""
+    name = config.strategy.name
+    try:
+        options = strategy_config(name, config.strategy.options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    _require(config.max_virtual_seconds >= 0, f"max_virtual_seconds must be >= 0, got {config.max_virtual_seconds}")
-    if kind(config.strategy.name) == "decentralized":
+    compression = getattr(options, "compression", "")
+    if compression:
+        try:
+            make_codec(compression)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"strategy.compression: {error}") from None
+    if kind(name) == "decentralized":
         validate_topology(config)
-    if kind(config.strategy.name) == "asynchronous":
-        _require(sampling.deadline == 0 and sampling.over_select == 1,
+    if kind(name) == "asynchronous":
+        _require(config.sampling.deadline == 0 and config.sampling.over_select == 1,
                  f"sampling.deadline and sampling.over_select shape synchronous rounds; the asynchronous strategy "
-                 f"{config.strategy.name!r} starts clients itself (see its concurrency option)")
-    validate_transport(config.transport)
+                 f"{name!r} starts clients itself (see its concurrency option)")
+
+
+def validate_delivery(config: RunConfig) -> None:
+    """Refuse a simulation whose `[devices]` table lets no task ever deliver an update: every client's tasks fail
+    (dropout 1), or no client is ever online (bernoulli p = 0). Synchronous gossip and deployments use no profiles."""
+    strategy = STRATEGIES[config.strategy.name]
+    honoured = kind(config.strategy.name) != "decentralized" or getattr(strategy, "asynchronous", False)
+    profiles = device_profiles(config) if honoured and config.runtime.backend != "deploy" else None
+    if profiles is None:
+        return
+    _require(bool((profiles.dropout < 1).any()), f"devices.dropout = {config.devices.dropout!r} makes every task of "
+             f"every client fail: no round can deliver an update (allowed: a dropout below 1 for some client)")
+    availability = profiles.availability
+    _require(not (isinstance(availability, Bernoulli) and availability.p == 0),
+             f"devices.availability = {config.devices.availability!r} keeps every client offline: no round can "
+             f"deliver an update (allowed: p > 0)")
 
 
 def validate_topology(config: RunConfig) -> None:
@@ -324,6 +407,14 @@ def validate_topology(config: RunConfig) -> None:
         raise ConfigError(f"topology: {error}") from None
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`transport.listen` as (host, port); ConfigError unless it is HOST:PORT with a port in [0, 65535]."""
+    host, _, port = listen.rpartition(":")
+    _require(bool(host) and port.isdecimal() and int(port) <= 65535, f"transport.listen must be HOST:PORT with "
+             f"PORT in [0, 65535] (0: the OS picks), got {listen!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def validate_transport(transport: TransportConfig) -> None:
     _one_of("transport.channel", transport.channel, CHANNELS)
     for key in ("uplink", "downlink"):
@@ -331,11 +422,15 @@ def validate_transport(transport: TransportConfig) -> None:
             make_codec(getattr(transport, key))
         except (ValueError, TypeError) as error:
             raise ConfigError(f"transport.{key}: {error}") from None
+    parse_listen(transport.listen)
     _require(transport.chunk_bytes >= 1024, f"transport.chunk_bytes must be >= 1024, got {transport.chunk_bytes}")
     _require(transport.max_message_bytes == 0 or transport.max_message_bytes > transport.chunk_bytes,
              "transport.max_message_bytes must be 0 or larger than transport.chunk_bytes")
-    _require(transport.timeout_seconds > 0, f"transport.timeout_seconds must be > 0, got {transport.timeout_seconds}")
-    _require(transport.idle_seconds > 0, f"transport.idle_seconds must be > 0, got {transport.idle_seconds}")
+    low, high = TIMEOUT_RANGE
+    _require(low <= transport.timeout_seconds <= high, f"transport.timeout_seconds must be in [{low:g}, {high:g}] "
+             f"seconds, got {transport.timeout_seconds}")
+    _require(0 < transport.idle_seconds < math.inf,
+             f"transport.idle_seconds must be a finite number > 0, got {transport.idle_seconds}")
     _require(transport.calls_per_client >= 2, f"transport.calls_per_client must be >= 2 (a client's long poll and "
                                                f"one more call), got {transport.calls_per_client}")
     _require(bool(transport.tls_cert) == bool(transport.tls_key), "transport.tls_cert and transport.tls_key go together")

@@ -4,6 +4,8 @@ All node parameters are one [nodes, params] tensor. `gossip_round` runs the stra
 training: each node's message, the mixed messages W @ M (a sparse product in float64, row by row in a fixed order,
 so the result never depends on how the nodes were trained), and each node's combine. `carry` moves the messages
 (the identity in memory; an engine that sends them over a channel returns what arrived and counts the bytes).
+Before any message leaves, every engine checks each node's own training (`check_training`): a node whose training
+diverged stops the run with `Diverged`, not with a neighbour's refusal that would read like an attack.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from fl.bounds import divergence
+from fl.errors import Diverged
 from strategies.gossip.base import GossipStrategy, NodeState
 
 MixingFn = Callable[[int, int], sp.csr_matrix]  # (round, gossip step) -> W, row i: the weights node i gives to each j
@@ -32,6 +36,19 @@ def inbox(weights: sp.csr_matrix, messages: Tensor, node: int) -> list[tuple[int
     row = weights.getrow(node)
     order = np.argsort(row.indices)
     return [(int(row.indices[k]), float(row.data[k]), messages[int(row.indices[k])]) for k in order]
+
+
+def diverged(round: int, node: int, why: str) -> Diverged:
+    """The one-line error of a node whose own training diverged."""
+    return Diverged(f"round {round}: node {node}'s training diverged ({why}): try a smaller client.lr")
+
+
+def check_training(round: int, node: int, loss: float, update: Tensor, start: Tensor, max_update_norm: float) -> None:
+    """Raise `diverged` when the node's training of `round` from `start` gave a NaN or Inf loss or update, or an
+    update beyond the norm bound (fl.bounds)."""
+    why = divergence(loss, update, start, max_update_norm)
+    if why is not None:
+        raise diverged(round, node, why)
 
 
 def gossip_round(strategy: GossipStrategy, round: int, before: Tensor, trained: Tensor, mixing: MixingFn,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fl.clock import ARRIVE, DROP, EventQueue
+from fl.gossip import check_training
 from fl.gossip_sim import GossipRun, GossipSetup
 from fl.seeding import ASYNC_GOSSIP, DEVICES, TRAINING, derive_rng, derive_seed
 from fl.timing import TaskTiming
@@ -48,7 +49,7 @@ class AsyncGossipRun(GossipRun):
             if event.kind == DROP:
                 dropped += 1
             else:
-                losses.append(self._wake(event.client_id, event.time))
+                losses.append(self._wake(round, event.client_id, event.time))
             self._start(event.client_id, event.time)
         if not torch.isfinite(self.params).all():
             raise FloatingPointError(f"round {round}: a node's model holds NaN or Inf (try a smaller learning rate)")
@@ -71,13 +72,15 @@ class AsyncGossipRun(GossipRun):
         else:
             self.queue.push(now + attempt.fails_at, DROP, node)
 
-    def _wake(self, node: int, now: float) -> float:
-        """Train from the snapshot, add the update, send the model to one random neighbour, who merges it."""
+    def _wake(self, round: int, node: int, now: float) -> float:
+        """Train from the snapshot, add the update (Diverged if the training diverged), send the model to one random
+        neighbour, who merges it."""
         number = int(self.tasks[node])
         start = self.snapshots.pop(node)
         x, y = self.shards[node]
         seed = derive_seed(self.setup.seed, number, node, TRAINING)
         outcome = self.trainer.train(start, x, y, self.setup.train_config, seed, ClientHook())
+        check_training(round, node, outcome.loss, outcome.update, start, self.setup.max_update_norm)
         model = (self.params[node].double() + outcome.update.double()).to(self.params.dtype)
         self.params[node] = model
         neighbours = sorted(self.neighbours[node])

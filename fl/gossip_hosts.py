@@ -28,7 +28,7 @@ from fl.grpc_channel import advertised_address
 from fl.node import Node, Security
 from fl.pool import balance
 from fl.training import LocalTrainer
-from transport.gossip_peer import GossipClient, GossipServer, Inbox
+from transport.gossip_peer import GossipClient, GossipServer
 
 SENDERS = 8  # messages a host pushes at once
 
@@ -36,7 +36,8 @@ SENDERS = 8  # messages a host pushes at once
 @dataclass(frozen=True)
 class HostLink:
     """How hosts reach each other: the host to listen on (port: the OS's; "0.0.0.0": every interface, named to
-    the others by this machine's address), TLS and tokens, the chunk size and how long to wait for a message."""
+    the others by this machine's address), TLS and tokens (the hosts are one operator's: a shared certificate and
+    secret keep strangers out), the chunk size and how long to wait for a message."""
 
     host: str = "127.0.0.1"
     security: Security = Security()
@@ -50,8 +51,7 @@ class NodeHost:
     def __init__(self, setup: GossipSetup, nodes: Sequence[int], link: HostLink) -> None:
         trainer = LocalTrainer(setup.model_fn(), torch.device("cpu"))  # its nodes train one at a time
         self.nodes = {node: Node(setup, node, trainer) for node in nodes}
-        self.inboxes = {node: Inbox(node, kept.senders, *kept.message_size(), codec=kept.codec)
-                        for node, kept in self.nodes.items()}
+        self.inboxes = {node: kept.inbox() for node, kept in self.nodes.items()}
         security = link.security
         tls = (security.tls_cert, security.tls_key) if security.tls_cert else None
         self.server = GossipServer(self.inboxes, f"{link.host}:0", tls=tls, auth_secret=security.secret,

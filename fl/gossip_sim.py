@@ -36,7 +36,7 @@ from torch import Tensor
 from fl.batched_training import BatchedTrainer, accuracies, batchable
 from fl.compression import UplinkDecoder
 from fl.config import GOSSIP_ENGINES
-from fl.gossip import gossip_round
+from fl.gossip import check_training, diverged, gossip_round
 from fl.models import ModelFn
 from fl.params import ParamSpec
 from fl.seeding import INIT, TOPOLOGY, TRAINING, derive_seed
@@ -123,6 +123,7 @@ class GossipSetup:
     eval_every: int = 1  # evaluate the averaged and the node models every N rounds (0: only when asked)
     threads: int = 1  # torch's intra-op threads (many small per-node operations run fastest on one)
     device: str = "cpu"  # where pool workers train ("auto": CUDA when present); the in-process engines use the CPU
+    max_update_norm: float = 0.0  # security.max_update_norm: bounds a node's own update and what it receives
 
 
 class GossipRun:
@@ -180,7 +181,7 @@ class GossipRun:
         self.channel = make_channel()
         self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder, {}))
         worker_setup = WorkerSetup(setup.model_fn, data, setup.train_config, self.strategy.client_algorithm,
-                                   setup.device, setup.threads)
+                                   setup.device, setup.threads, max_update_norm=setup.max_update_norm)
         self.pool = make_pool(worker_setup, self.channel.endpoint())
 
     def _choose_engine(self, on_hosts: bool) -> str:
@@ -258,6 +259,8 @@ class GossipRun:
         before = self.params
         starts = torch.stack([self.strategy.train_from(i, before[i], self.states[i]) for i in range(self.num_nodes)])
         updates, losses = self._train(round, starts)
+        for node in range(self.num_nodes):
+            check_training(round, node, float(losses[node]), updates[node], starts[node], self.setup.max_update_norm)
         trained = (before.to(torch.float64) + updates.to(torch.float64)).to(before.dtype)
         self._round_bytes = 0
         self.params = gossip_round(self.strategy, round, before, trained, self.topology.mixing, self.states,
@@ -303,6 +306,10 @@ class GossipRun:
             results = [self.channel.receive(receipt) for receipt in receipts]
         finally:
             self.channel.traffic.take()  # the tasks' own bytes are the simulation's, not gossip
+        for result in results:
+            if result.kind != TRAIN:  # the worker found the node's training diverged (or its values were refused)
+                raise diverged(round, result.client_id, "a NaN or Inf loss or update, or an update beyond "
+                                                        "security.max_update_norm")
         self.decoder.commit(range(self.num_nodes))
         return torch.stack([r.update for r in results]), torch.tensor([r.metrics["loss"] for r in results])
 
@@ -364,4 +371,4 @@ def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipS
     compression = getattr(strategy, "compression", "")
     return GossipSetup(model_fn, data, strategy, config.client, topology, config.seed, section.engine,
                        section.independent_init, make_codec(compression) if compression else None, config.eval.every,
-                       config.runtime.threads_per_worker, config.runtime.device)
+                       config.runtime.threads_per_worker, config.runtime.device, config.security.max_update_norm)

@@ -7,6 +7,7 @@ counted from those frames, per client and direction.
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
 from transport.grpc_server import ServerLimits, serve
 from transport.messages import Result, Task
+
+
+ABORT_WAIT_SECONDS = 3.0  # how long a failed deployed run waits for its clients to ask, and hear why
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,12 @@ class GrpcChannel(Channel):
     def connected(self) -> list[int] | None:
         return self.board.joined() if self.deployed else None
 
-    def close(self) -> None:
-        self.board.close()  # clients waiting for a task hear DONE at once
+    def close(self, abort_reason: str = "") -> None:
+        self.board.close(abort_reason)  # clients waiting for a task hear DONE (or ABORTED, why) at once
         if self.deployed:  # the others hear it when they next ask; a stopped server would answer UNAVAILABLE
-            self.board.wait_until_told_done(timeout=min(self.settings.timeout_seconds, 30.0))
+            wait = min(self.settings.timeout_seconds, ABORT_WAIT_SECONDS if abort_reason else 30.0)
+            unheard = self.board.wait_until_told_done(timeout=wait)
+            if unheard:  # killed, or still busy with a task the run no longer needs
+                print(f"fl server: clients {', '.join(map(str, unheard))} did not ask again within {wait:g} s of the "
+                      f"end (presumed gone)", file=sys.stderr, flush=True)
         self.server.stop(grace=2.0)

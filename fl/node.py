@@ -12,7 +12,13 @@ its row of the simulation (engine "nodes") bit for bit. A simulation's node host
 too.
 
 Rounds are synchronous per neighbourhood: a node mixes round r once all its in-neighbours' round-r messages are in,
-so neighbours never drift far apart, and the inbox holds at most a few rounds.
+so neighbours never drift far apart, and the inbox holds at most a few rounds. A node checks its own training before
+it sends (`Diverged` when it diverged), and its inbox refuses a message beyond security.max_update_norm times
+max(1, the norm of the node's own parameters at the start of its round).
+
+Identity: a node given a certificate of its own (one that names "node-ID", signed by the operator's CA, which is
+--root-cert) runs mutual TLS, and its peers know it by its certificate alone; with a shared certificate and secret,
+the nodes' tokens keep strangers out but any node could sign as another.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from fl.bounds import l2_norm, update_bound
 from fl.config import ConfigError, RunConfig
-from fl.gossip import mix
+from fl.gossip import check_training, diverged, mix
 from fl.gossip_sim import (CodecCompressor, GossipSetup, build_strategy, gossip_setup, initial_params, network_of,
                            steps_per_round)
 from fl.params import ParamSpec
@@ -43,20 +50,57 @@ from strategies.base import ClientHook
 from strategies.registry import kind
 from transport.codecs.base import Payload
 from transport.codecs.cast import IdentityCodec
-from transport.gossip_peer import GossipClient, GossipServer, Inbox
+from transport.gossip_peer import GossipClient, GossipServer, Inbox, certificate_nodes
+from transport.grpc_common import ServerLimits
 
 Exchange = Callable[[int, int, Payload, list[int], list[int]], dict[int, Tensor]]  # (round, step, message, to, from)
 
 
 @dataclass(frozen=True)
 class Security:
-    """TLS and tokens, as `fl server` has them: a certificate and key to listen with, a root certificate to trust
-    when dialling peers, and the secret every node's token derives from (`client_token(secret, node id)`)."""
+    """TLS and tokens: a certificate and key to listen with (and to dial with, when the certificate is the node's own:
+    `per_node_certificate`), a root certificate to trust when dialling peers (with per-node certificates, the
+    operator's CA, which also checks the callers'), and the secret every node's token derives from
+    (`client_token(secret, node id)`), which keeps strangers out but does not tell the nodes apart."""
 
     tls_cert: str = ""
     tls_key: str = ""
     root_cert: str = ""
     secret: bytes | None = None
+
+
+def read_secret(path: str) -> bytes:
+    """The nodes' secret in the file `path` (whitespace around it dropped); ConfigError for a missing, unreadable or
+    empty file or a directory."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except IsADirectoryError:
+        raise ConfigError(f"the secret file {path} is a directory; give the file that holds the secret") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the secret file {path}: {error.strerror or error}") from None
+    if not secret:
+        raise ConfigError(f"the secret file {path} is empty: tokens under an empty secret prove nothing")
+    return secret
+
+
+def per_node_certificate(security: Security, node_id: int) -> bool:
+    """Whether the node has a certificate of its own (one naming "node-ID"): then it runs mutual TLS. ConfigError
+    for a certificate that names another node, or one without the CA (root certificate) that checks its peers'."""
+    if not security.tls_cert:
+        return False
+    try:
+        named = certificate_nodes(security.tls_cert)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read the certificate {security.tls_cert}: {error}") from None
+    if not named:
+        return False
+    if named != {node_id}:
+        raise ConfigError(f"the certificate {security.tls_cert} names node(s) {sorted(named)}, not node {node_id} "
+                          f"(--node-id): each node runs with its own certificate")
+    if not security.root_cert:
+        raise ConfigError(f"node {node_id}'s own certificate needs the CA that signed every node's certificate "
+                          f"(--root-cert or transport.tls_root_cert)")
+    return True
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -107,6 +151,7 @@ class Node:
         self.x, self.y = as_tensor(data.x[lo:hi], cpu), as_tensor(data.y[lo:hi], cpu)
         self.trainer = trainer if trainer is not None else LocalTrainer(setup.model_fn(), cpu)
         self._before = self._current = self._message = self.params
+        self.message_bound = update_bound(setup.max_update_norm, l2_norm(self.params))  # what the inbox admits
 
     def senders(self, round: int, step: int) -> list[int]:
         """The in-neighbours whose messages the node mixes in gossip step `step` of `round` (itself left out)."""
@@ -115,6 +160,11 @@ class Node:
     def receivers(self, round: int, step: int) -> list[int]:
         """The out-neighbours the node sends its message of (round, step) to."""
         return [i for i in sp.find(self.topology.mixing(round, step).getcol(self.node))[0].tolist() if i != self.node]
+
+    def inbox(self) -> Inbox:
+        """An inbox for the node's messages: its in-neighbours', of its strategy's steps, within its norm bound."""
+        return Inbox(self.node, self.senders, *self.message_size(), codec=self.codec, steps=self.strategy.gossip_steps,
+                     max_norm=lambda: self.message_bound)
 
     def message_size(self) -> tuple[int, torch.dtype]:
         """(values, dtype) of every message (the strategy's first one, on a copy of the state)."""
@@ -125,16 +175,19 @@ class Node:
         return message.numel(), message.dtype
 
     def train(self, round: int) -> float:
-        """Local training of `round` (seed (seed, round, node, TRAINING)); returns the train loss."""
+        """Local training of `round` (seed (seed, round, node, TRAINING)); returns the train loss. Diverged if the
+        training diverged (a NaN or Inf loss or update, or an update beyond the norm bound)."""
         strategy, node = self.strategy, self.node
         strategy.begin_round(round)
         self._before = self.params
+        self.message_bound = update_bound(self.setup.max_update_norm, l2_norm(self.params))
         start = strategy.train_from(node, self._before, self.state)
         algorithm = strategy.client_algorithm
         hook = ClientHook() if algorithm is None else algorithm.start(start[:self.spec.num_trainable], {}, {})
         config = self.setup.train_config.with_overrides(strategy.train_config(round))
         seed = derive_seed(self.setup.seed, round, node, TRAINING)
         outcome = self.trainer.train(start, self.x, self.y, config, seed, hook)
+        check_training(round, node, outcome.loss, outcome.update, start, self.setup.max_update_norm)
         self._current = (self._before.to(torch.float64) + outcome.update.to(torch.float64)).to(self._before.dtype)
         return outcome.loss
 
@@ -153,7 +206,7 @@ class Node:
     def finish(self, round: int) -> None:
         """The round's result becomes the node's parameters."""
         if not torch.isfinite(self._current).all():
-            raise FloatingPointError(f"node {self.node}, round {round}: the model holds NaN or Inf (try a smaller lr)")
+            raise diverged(round, self.node, "its model holds NaN or Inf after gossip")
         self.params = self._current
 
     def run_round(self, round: int, exchange: Exchange) -> float:
@@ -208,6 +261,7 @@ def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str]
     if kind(config.strategy.name) != "decentralized":
         raise ConfigError(f"fl node runs a decentralized strategy; {config.strategy.name!r} is "
                           f"{kind(config.strategy.name)} (see `fl strategies`)")
+    mutual = per_node_certificate(security, node_id)
     data = build_data(config.data, config.seed)
     if not 0 <= node_id < data.num_clients:
         raise ConfigError(f"--node-id must be in 0..{data.num_clients - 1}, got {node_id}")
@@ -218,11 +272,14 @@ def run_node(config: RunConfig, node_id: int, listen: str, peers: dict[int, str]
     node = Node(setup, node_id)
     check_peers(node.topology, node_id, peers)
     transport = config.transport
-    inbox = Inbox(node_id, node.senders, *node.message_size(), codec=node.codec)
+    inbox = node.inbox()
     tls = (security.tls_cert, security.tls_key) if security.tls_cert else None
-    server = GossipServer(inbox, listen, tls=tls, auth_secret=security.secret, chunk_size=transport.chunk_bytes)
+    limits = ServerLimits(idle_seconds=transport.idle_seconds, calls_per_client=transport.calls_per_client)
+    server = GossipServer(inbox, listen, tls=tls, client_ca=security.root_cert if mutual else None,
+                          auth_secret=security.secret, chunk_size=transport.chunk_bytes, limits=limits)
     clients = {peer: GossipClient(address, secret=security.secret, root_cert_path=security.root_cert or None,
-                                  chunk_size=transport.chunk_bytes, timeout_seconds=transport.timeout_seconds)
+                                  identity=tls if mutual else None, chunk_size=transport.chunk_bytes,
+                                  timeout_seconds=transport.timeout_seconds)
                for peer, address in peers.items()}
     print(f"node {node_id}: listening on {listen.rsplit(':', 1)[0]}:{server.port}; peers {sorted(peers)}",
           file=log, flush=True)

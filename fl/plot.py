@@ -23,6 +23,11 @@ from fl.run_dir import read_metrics  # noqa: E402
 AXES = {"round": "round", "time": "virtual time (s)", "bytes": "bytes moved (up + down, cumulative)"}
 
 
+def values(rows: list[dict], key: str) -> list[float]:
+    """Each row's `key`, with NaN for null (an empty round's loss, or a value that was not finite)."""
+    return [math.nan if m[key] is None else m[key] for m in rows]
+
+
 def x_values(history: list[dict], x: str) -> list[float]:
     """Each row's position on the x axis: its round, its virtual time, or the bytes moved up to and including it."""
     if x == "round":
@@ -73,12 +78,12 @@ def runs_figure(runs: list[str | Path], x: str = "round") -> Figure:
     for label, history in histories:
         where = dict(zip((m["round"] for m in history), x_values(history, x)))
         evaluated = [m for m in history if "test_accuracy" in m]
-        line = accuracy_axes.plot([where[m["round"]] for m in evaluated], [m["test_accuracy"] for m in evaluated],
+        line = accuracy_axes.plot([where[m["round"]] for m in evaluated], values(evaluated, "test_accuracy"),
                                   marker=".", label=label)[0]
         color = line.get_color()
-        train = [math.nan if m["train_loss"] is None else m["train_loss"] for m in history]  # None: an empty round
-        loss_axes.plot([where[m["round"]] for m in history], train, color=color, label=f"{label} train")
-        loss_axes.plot([where[m["round"]] for m in evaluated], [m["test_loss"] for m in evaluated],
+        loss_axes.plot([where[m["round"]] for m in history], values(history, "train_loss"), color=color,
+                       label=f"{label} train")
+        loss_axes.plot([where[m["round"]] for m in evaluated], values(evaluated, "test_loss"),
                        color=color, linestyle="--", label=f"{label} test")
         if is_gossip(history):
             _draw_nodes(node_axes, [m for m in evaluated if "node_accuracy_mean" in m], where, label, color)
@@ -104,19 +109,20 @@ def runs_figure(runs: list[str | Path], x: str = "round") -> Figure:
 def _draw_nodes(axes, rows: list[dict], where: dict, label: str, color: str) -> None:
     """The mean of the node models' accuracies, and a band from the worst node's to the best node's."""
     xs = [where[m["round"]] for m in rows]
-    axes.plot(xs, [m["node_accuracy_mean"] for m in rows], color=color, marker=".", label=f"{label} mean")
-    axes.fill_between(xs, [m["node_accuracy_min"] for m in rows], [m["node_accuracy_max"] for m in rows],
+    axes.plot(xs, values(rows, "node_accuracy_mean"), color=color, marker=".", label=f"{label} mean")
+    axes.fill_between(xs, values(rows, "node_accuracy_min"), values(rows, "node_accuracy_max"),
                       color=color, alpha=0.15, linewidth=0)
 
 
 def _draw_consensus(axes, history: list[dict], where: dict, label: str, color: str) -> None:
     """The consensus distance on a log scale; exact zeros (every node holds the same model) cannot be drawn there
-    and are left out, which the legend says."""
+    and are left out, which the legend says (as are nulls: distances that were not finite)."""
     rows = [m for m in history if "consensus_distance" in m]
-    values = [m["consensus_distance"] if m["consensus_distance"] > 0 else math.nan for m in rows]
-    zeros = sum(math.isnan(v) for v in values)
-    note = "" if not zeros else " (0 in every round)" if zeros == len(values) else f" (0 in {zeros} rounds)"
-    axes.plot([where[m["round"]] for m in rows], values, color=color, marker=".", label=f"{label}{note}")
+    distances = values(rows, "consensus_distance")
+    zeros = sum(d == 0 for d in distances)
+    note = "" if not zeros else " (0 in every round)" if zeros == len(distances) else f" (0 in {zeros} rounds)"
+    axes.plot([where[m["round"]] for m in rows], [d if d > 0 else math.nan for d in distances], color=color,
+              marker=".", label=f"{label}{note}")
     axes.set_yscale("log")
 
 

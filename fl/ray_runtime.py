@@ -6,6 +6,8 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,6 +34,7 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         address=address or "local",  # never silently join whatever cluster /tmp/ray last recorded
         num_cpus=None if address else num_cpus,
@@ -39,7 +42,21 @@ def init_ray(address: str = "", num_cpus: int | None = None) -> bool:
         logging_level=logging.WARNING,
         configure_logging=True,
     )
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)  # Ray's own handler would exit 15: the caller's decides
     return True
+
+
+def ray_get(refs: Any) -> Any:
+    """`ray.get`, raising what a remote call raised as itself, not wrapped in Ray's traceback (so that a bad value
+    or a diverged run ends with one line, on Ray as in-process)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+            raise cause from None
+        raise
 
 
 def _numpy_tensors(message: Any) -> Any:
@@ -111,7 +128,7 @@ class RayPool(WorkerPool):
         for task in range(len(envelopes)):
             c, position = place[task]
             if c not in fetched:
-                fetched[c], refs[c] = ray.get(refs[c]), None
+                fetched[c], refs[c] = ray_get(refs[c]), None
             receipt, fetched[c][position] = fetched[c][position], None  # drop each reply once it is handed on
             if position == len(chunks[c]) - 1:
                 del fetched[c]
@@ -155,7 +172,7 @@ def start_ray_server(runtime: Any, setup: Any, make_channel: Callable[[], Channe
     server = ray.remote(host or Server).options(num_cpus=0).remote(setup, make_channel or ray_object_channel,
                                                                     make_pool)
     try:
-        yield lambda method, *args: ray.get(getattr(server, method).remote(*args))
+        yield lambda method, *args: ray_get(getattr(server, method).remote(*args))
     finally:
         ray.get(server.close.remote())
         ray.kill(server)
@@ -175,11 +192,11 @@ class RayHosts(Hosts):
         actor = ray.remote(NodeHost).options(num_cpus=cpus, scheduling_strategy="SPREAD")
         setup_ref = ray.put(setup)
         self.actors = [actor.remote(setup_ref, group, link) for group in groups]
-        addresses = addresses_of(groups, ray.get([a.where.remote() for a in self.actors]))
-        ray.get([a.connect.remote(addresses) for a in self.actors])
+        addresses = addresses_of(groups, ray_get([a.where.remote() for a in self.actors]))
+        ray_get([a.connect.remote(addresses) for a in self.actors])
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(actor, method).remote(*args) for actor in self.actors])
+        return ray_get([getattr(actor, method).remote(*args) for actor in self.actors])
 
     def close(self) -> None:
         try:

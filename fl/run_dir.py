@@ -1,8 +1,14 @@
-"""A run directory: the resolved config, metrics.jsonl (one line per round) and the final model."""
+"""A run directory: the resolved config, metrics.jsonl (one line per round) and the final model.
+
+Every JSON file is strict JSON: a value that is not a finite number (NaN, Infinity: a diverging run) is written as
+null, and a metrics row that had any names them under NON_FINITE.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +16,27 @@ import torch
 from torch import Tensor
 
 from fl.params import ParamSpec
+
+NON_FINITE = "non_finite"  # a metrics row's key: the fields written as null because they were NaN or infinite
+
+
+def finite_or_null(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`value` with every NaN or infinite float, in nested dicts and lists too, replaced by None; and the paths of
+    the replaced ones ("test_loss", "bytes_by_client.3.0")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [path]
+    if isinstance(value, dict):
+        items = [(key, *finite_or_null(item, f"{path}.{key}" if path else str(key))) for key, item in value.items()]
+        return {key: clean for key, clean, _ in items}, [p for _, _, paths in items for p in paths]
+    if isinstance(value, (list, tuple)):
+        items = [finite_or_null(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(value)]
+        return [clean for clean, _ in items], [p for _, paths in items for p in paths]
+    return value, []
+
+
+def strict_json(value: Any) -> str:
+    """JSON text of `value` with non-finite floats as null (`finite_or_null`), never a bare NaN or Infinity."""
+    return json.dumps(finite_or_null(value)[0], allow_nan=False)
 
 
 def unique_dir(parent: Path, name: str) -> Path:
@@ -49,10 +76,22 @@ class RunWriter:
         self.path.mkdir(parents=True)
         (self.path / "config.toml").write_text(to_toml(config))
         self._metrics = (self.path / "metrics.jsonl").open("a")
+        self._told = False  # whether the run has said that it wrote non-finite values as null
 
     def write_round(self, metrics: dict[str, Any]) -> None:
-        self._metrics.write(json.dumps(metrics) + "\n")
+        """One line of metrics.jsonl; non-finite values become null, named under NON_FINITE (said once per run)."""
+        row, nulled = finite_or_null(metrics)
+        if nulled:
+            row[NON_FINITE] = nulled
+            self._tell(row.get("round"), nulled)
+        self._metrics.write(json.dumps(row, allow_nan=False) + "\n")
         self._metrics.flush()
+
+    def _tell(self, round: Any, nulled: list[str]) -> None:
+        if not self._told:
+            print(f"fl: round {round}: {', '.join(nulled)} not finite (NaN or infinite: the run diverged?); "
+                  f"metrics.jsonl holds null for such values and names them under {NON_FINITE!r}", file=sys.stderr)
+        self._told = True
 
     def write_model(self, spec: ParamSpec, global_params: Tensor) -> None:
         """model.pt: the flat vector and the names, shapes and offsets to unflatten it."""
@@ -61,15 +100,15 @@ class RunWriter:
 
     def write_events(self, events: list[tuple[int, float, str, int]]) -> None:
         """events.jsonl: the virtual clock's events, one line each: round, time (s), kind, client."""
-        lines = [json.dumps({"round": r, "time": t, "kind": kind, "client": c}) for r, t, kind, c in events]
+        lines = [strict_json({"round": r, "time": t, "kind": kind, "client": c}) for r, t, kind, c in events]
         (self.path / "events.jsonl").write_text("".join(line + "\n" for line in lines))
 
     def write_json(self, name: str, values: dict[str, Any]) -> None:
-        (self.path / name).write_text(json.dumps(values) + "\n")
+        (self.path / name).write_text(strict_json(values) + "\n")
 
     def write_staleness(self, counts: dict[int, int]) -> None:
         """staleness.json (applied updates per staleness) and staleness.png, its histogram."""
-        (self.path / "staleness.json").write_text(json.dumps({str(k): v for k, v in counts.items()}) + "\n")
+        (self.path / "staleness.json").write_text(strict_json({str(k): v for k, v in counts.items()}) + "\n")
         from fl.plot import plot_staleness
 
         plot_staleness(counts, self.path / "staleness.png")
@@ -79,6 +118,7 @@ class RunWriter:
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (null, for a value that was not finite, reads as None)."""
     path = Path(run)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.exists():

@@ -6,6 +6,7 @@ channel, pool of worker actors); results never depend on which.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from fl.pool import WorkerPool
 from fl.seeding import AVAILABILITY, CODEC, EVALUATION, INIT, SAMPLING, TRAINING, derive_rng, derive_seed
 from fl.state_store import ClientStateStore
 from fl.compression import Downlink, UplinkDecoder
+from fl.divergence import check_divergence
 from fl.timing import TaskTiming
 from fl.training import UPDATE_DTYPES, TrainConfig, evaluate
 from fl.validation import ResultAdmission
@@ -36,7 +38,7 @@ from strategies.asynchronous.base import AsyncStrategy
 from strategies.base import Federation, Reply, SyncStrategy
 from transport.channel import Channel, Endpoint
 from transport.codecs.registry import make_codec
-from transport.messages import EVALUATE, TRAIN, Result, Task
+from transport.messages import DIVERGED, EVALUATE, REFUSED, TRAIN, Result, Task
 
 PoolFactory = Callable[[WorkerSetup, Endpoint], WorkerPool]
 ChannelFactory = Callable[[], Channel]  # a factory: a gRPC channel's server must start where the Server runs
@@ -69,6 +71,7 @@ class ServerSetup:
     deadline: float = 0.0  # virtual seconds a round waits for its clients (0: no deadline)
     over_select: float = 1.0  # select ceil(per_round * over_select) clients, keep the first per_round to arrive
     max_virtual_seconds: float = 0.0  # an asynchronous run ends when its clock reaches this (0: never)
+    max_update_norm: float = 0.0  # security.max_update_norm (fl/bounds.py; 0: no bound)
 
 
 class Server:
@@ -86,14 +89,17 @@ class Server:
         data = setup.data
         selected = min(math.ceil(setup.per_round * setup.over_select), data.num_clients)
         federation = Federation(data.num_clients, selected, self.spec.num_params, self.spec.num_trainable,
-                                self.global_params.dtype)
+                                self.global_params.dtype, tuple(int(n) for n in data.train_sizes()))
         self.strategy = setup.strategy.build(federation)
         self.store = ClientStateStore()
         update_dtype = UPDATE_DTYPES[setup.train_config.update_dtype]
         self.decoder = UplinkDecoder(make_codec(setup.uplink), self.spec.num_params, (update_dtype,))
         self.channel = make_channel()
-        self.channel.admit_with(ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder,
-                                                self.strategy.reply_tensors, accept_state=not setup.clients_keep_state))
+        self.admission = ResultAdmission(data.train_sizes(), data.test_sizes(), self.decoder,
+                                         self.strategy.reply_tensors, accept_state=not setup.clients_keep_state,
+                                         max_update_norm=setup.max_update_norm)
+        self.channel.admit_with(self.admission)
+        self.made_by: list[int] = []  # the clients whose updates the last commit aggregated into the global model
         self.downlink = Downlink(make_codec(setup.downlink))
         reply_bytes = sum(spec.nbytes for spec in self.strategy.reply_tensors.values())
         upload_bytes = self.decoder.codec.payload_nbytes(self.spec.num_params, update_dtype) + reply_bytes
@@ -101,7 +107,7 @@ class Server:
         self.sizes = data.train_sizes()
         self.test_x, self.test_y = as_tensor(data.test_x, self.device), as_tensor(data.test_y, self.device)
         worker_setup = WorkerSetup(setup.model_fn, data, setup.train_config, self.strategy.client_algorithm,
-                                   setup.device, setup.threads, setup.uplink)
+                                   setup.device, setup.threads, setup.uplink, setup.max_update_norm)
         self.pool = make_pool(worker_setup, self.channel.endpoint())
         self.loop: AsyncLoop | None = None  # an asynchronous strategy's loop, started by the first version
 
@@ -137,7 +143,8 @@ class Server:
             self.decoder.discard()
             self.channel.traffic.take()  # the failed round's bytes are not the next round's
             raise
-        self._commit(round, schedule, new_global, staged)
+        check_divergence(f"round {round}", tally.outcomes, self.made_by)
+        self._commit(round, schedule, new_global, staged, tally.applied)
         metrics = self._round_metrics(round, schedule, unavailable, tally, server_metrics)
         return self._finish_row(round, metrics, evaluate_now, start)
 
@@ -197,11 +204,14 @@ class Server:
     def _collect(self, round: int, tasks: list[Task], receipts: Iterator[Any], tally: "_Tally",
                  staged: dict[int, dict[str, Tensor]]) -> tuple[Tensor | None, dict[str, float]]:
         """Stream the results into the strategy, staging their client state; the new global parameters (None for
-        an empty round, which keeps the model)."""
-        if not tasks:
-            return None, {}
+        a round without an update to aggregate, which keeps the model). Failed tasks (diverged or refused) are
+        tallied, never aggregated."""
         replies = self._replies(receipts, tally, staged)
-        new_global, server_metrics = self.strategy.aggregate(round, self.global_params.clone(), replies)
+        first = next(replies, None)
+        if first is None:
+            return None, {}
+        new_global, server_metrics = self.strategy.aggregate(round, self.global_params.clone(),
+                                                             itertools.chain([first], replies))
         if tally.count != len(tasks):
             raise RuntimeError(f"{type(self.strategy).__name__}.aggregate read {tally.count} of {len(tasks)} replies")
         if not torch.isfinite(new_global).all():
@@ -209,7 +219,7 @@ class Server:
         return new_global, server_metrics
 
     def _commit(self, round: int, schedule: RoundSchedule, new_global: Tensor | None,
-                staged: dict[int, dict[str, Tensor]]) -> None:
+                staged: dict[int, dict[str, Tensor]], applied: list[int]) -> None:
         """Write what the round changed: the clock and its events, client state, the uplink decoder's state, the
         global parameters (a copy, so that no tensor a strategy keeps can change them later)."""
         self.timing.advance(schedule)
@@ -219,13 +229,16 @@ class Server:
         self.decoder.commit(schedule.kept)
         if new_global is not None:
             self.global_params, self._unpublished = new_global.detach().clone(), True
+            self.made_by = applied
 
     def _round_metrics(self, round: int, schedule: RoundSchedule, unavailable: int, tally: "_Tally",
                        server_metrics: dict[str, float]) -> dict[str, Any]:
         down, up = self.channel.traffic.take()
         metrics: dict[str, Any] = {
             "round": round,
-            "clients": tally.count,
+            "clients": len(tally.applied),
+            "diverged": tally.failed(DIVERGED),
+            "refused": tally.failed(REFUSED),
             "train_loss": tally.mean_loss(),
             "bytes_up": sum(up.values()),
             "bytes_down": sum(down.values()),
@@ -255,6 +268,8 @@ class Server:
         loss_sum = correct = count = 0.0
         for receipt in self.pool.run(envelopes, [1.0] * len(envelopes)):
             result = self.channel.receive(receipt)
+            if result.kind != EVALUATE:  # refused
+                continue
             loss_sum += result.metrics["loss_sum"]
             correct += result.metrics["correct"]
             count += result.num_samples
@@ -262,9 +277,10 @@ class Server:
         return {"fed_test_loss": loss_sum / max(count, 1), "fed_test_accuracy": correct / max(count, 1),
                 "fed_eval_bytes_down": sum(down.values()), "fed_eval_bytes_up": sum(up.values())}
 
-    def close(self) -> None:
+    def close(self, abort_reason: str = "") -> None:
+        """Release the pool and the channel; `abort_reason`: the run failed, and why (deployed clients hear it)."""
         self.pool.close()
-        self.channel.close()
+        self.channel.close(abort_reason)
 
     def _publish(self) -> int:
         """Broadcast the global parameters as a new version when a commit changed them since the last broadcast;
@@ -274,6 +290,7 @@ class Server:
             seed = derive_seed(self.setup.seed, self.version, CODEC)
             broadcast = self.downlink.broadcast(self.version, self.global_params, seed)
             self.channel.publish(self.version, broadcast)
+            self.admission.published(self.version, self.global_params)
             self.timing.published(self.version, broadcast)
             self._unpublished = False
         return self.version
@@ -294,22 +311,33 @@ class Server:
                  ) -> Iterator[Reply]:
         for receipt in receipts:
             result: Result = self.channel.receive(receipt)
+            tally.add(result)
+            if result.kind != TRAIN:
+                continue
             if result.state:
                 staged[result.client_id] = result.state
-            tally.add(result)
             yield Reply(result.client_id, result.update, result.num_samples, result.metrics, result.tensors)
 
 
 class _Tally:
-    """Counts replies and their sample-weighted training loss as they stream past."""
+    """Counts results, the clients they come from and their sample-weighted training loss as they stream past."""
 
     def __init__(self) -> None:
         self.count, self.samples, self.loss_sum = 0, 0, 0.0
+        self.outcomes: list[tuple[int, str]] = []  # (client id, result kind) in arrival order
+        self.applied: list[int] = []  # the clients whose updates went to the strategy
 
     def add(self, result: Result) -> None:
         self.count += 1
-        self.samples += result.num_samples
-        self.loss_sum += result.metrics["loss"] * result.num_samples
+        self.outcomes.append((result.client_id, result.kind))
+        if result.kind == TRAIN:
+            self.applied.append(result.client_id)
+            self.samples += result.num_samples
+            self.loss_sum += result.metrics["loss"] * result.num_samples
+
+    def failed(self, kind: str) -> int:
+        """How many results were of `kind` (DIVERGED or REFUSED)."""
+        return sum(k == kind for _, k in self.outcomes)
 
     def mean_loss(self) -> float | None:
         """The sample-weighted mean training loss (None when no client replied)."""

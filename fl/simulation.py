@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from fl.config import DevicesConfig, RunConfig, TransportConfig, to_dict
+from fl.config import ConfigError, DevicesConfig, RunConfig, TransportConfig, parse_listen, to_dict
 from fl.gossip_hosts import HostLink, Hosts, LocalHosts
 from fl.gossip_sim import GossipRun, GossipSetup, gossip_setup, in_process_run
 from fl.grpc_channel import GrpcChannel, GrpcSettings
@@ -66,6 +68,7 @@ def server_setup(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> S
     return ServerSetup(
         model_fn=model_fn, data=data, strategy=strategy_config(config.strategy.name, config.strategy.options),
         train_config=config.client, seed=config.seed, per_round=sampling.per_round, availability=availability,
+        max_update_norm=config.security.max_update_norm,
         eval_every=config.eval.every, federated_eval_every=config.eval.federated_every,
         federated_eval_clients=config.eval.federated_clients, device=config.runtime.device,
         threads=config.runtime.threads_per_worker, uplink=config.transport.uplink, downlink=config.transport.downlink,
@@ -149,11 +152,21 @@ def deployed_server(config: RunConfig, setup: ServerSetup) -> Server:
 def _deployed_server(config: RunConfig, setup: ServerSetup) -> Iterator[Callable[..., Any]]:
     """`deployed_server`, waiting for `sampling.per_round` clients to join before round 1."""
     server = deployed_server(config, setup)
-    with _calling(server) as call:
+    try:
         print(f"fl server: listening on {server.channel.address}; waiting for {config.sampling.per_round} clients",
               file=sys.stderr, flush=True)
         server.wait_for_clients(config.sampling.per_round, config.transport.timeout_seconds)
-        yield call
+        yield lambda method, *args: getattr(server, method)(*args)
+    except BaseException as error:  # the clients hear why the run stopped
+        server.close(abort_reason=_abort_reason(error))
+        raise
+    server.close()
+
+
+def _abort_reason(error: BaseException) -> str:
+    if not isinstance(error, Exception):  # Ctrl-C, SIGTERM
+        return "the server was interrupted"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 @contextmanager
@@ -180,6 +193,43 @@ def _start(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> Iterato
         yield call
 
 
+def preflight(config: RunConfig, write: bool) -> None:
+    """What the configuration alone cannot tell, checked before data, Ray or a run directory: that the run directory
+    can be made, that CUDA is there when asked for, and that the server can listen where configured. ConfigError."""
+    if write:
+        check_output_dir(config.output_dir)
+    runtime = config.runtime
+    if runtime.device == "cuda" and not runtime.address and not torch.cuda.is_available():
+        raise ConfigError("runtime.device = 'cuda', but this machine has no CUDA device (allowed here: auto, cpu)")
+    if config.transport.channel == "grpc" and not runtime.address:
+        check_listen(config.transport.listen, decentralized=kind(config.strategy.name) == "decentralized")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`output_dir` is a directory, or can be made, where this process may write."""
+    path = Path(output_dir)
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir = {output_dir!r}: {str(existing)!r} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir = {output_dir!r}: this process may not write in {str(existing)!r}")
+
+
+def check_listen(listen: str, decentralized: bool) -> None:
+    """Bind `transport.listen` once and let it go: a host that is not this machine's, or a port in use, is refused
+    before anything starts. Gossip node hosts listen on its host only, on ports the OS picks."""
+    host, port = parse_listen(listen)
+    try:
+        family, socktype, protocol, _, address = socket.getaddrinfo(host, 0 if decentralized else port,
+                                                                     type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, socktype, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: a closing socket is no obstacle
+            probe.bind(address)
+    except OSError as error:
+        raise ConfigError(f"transport.listen = {listen!r}: cannot listen there ({error.strerror or error}); allowed: "
+                          f"an address of this machine and a free port (0: the OS picks)") from None
+
+
 def run_simulation(
     config: RunConfig,
     *,
@@ -192,17 +242,19 @@ def run_simulation(
     """Run `config.rounds` synchronous rounds (or asynchronous versions), stopping early at `max_virtual_seconds`.
     `data` and `model_fn` replace the configured ones when given."""
     start = time.perf_counter()
+    preflight(config, write)
     data = data if data is not None else build_data(config.data, config.seed)  # before Ray starts
     if config.sampling.per_round > data.num_clients:
         raise ValueError(f"sampling.per_round = {config.sampling.per_round} exceeds the {data.num_clients} clients")
     model_fn = model_fn or build_model_fn(config.model, data)
-    writer = RunWriter(config.output_dir, config.name, to_dict(config)) if write else None
     console = console or Console(stderr=True, quiet=not show_progress)
     history: list[dict[str, Any]] = []
     round_seconds: list[float] = []
+    writer: RunWriter | None = None
     try:
         with _start(config, data, model_fn) as call:
             startup = time.perf_counter() - start
+            writer = RunWriter(config.output_dir, config.name, to_dict(config)) if write else None  # once it runs
             if kind(config.strategy.name) == "decentralized":
                 console.print(f"{config.topology.name} graph: spectral gap {call('get_spectral_gap'):.4g}")
             with RoundProgress(config.rounds, config.name, console) as progress:

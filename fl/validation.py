@@ -1,10 +1,12 @@
 """The server boundary: every result, on every channel (gRPC, in-process, Ray), passes `ResultAdmission` once.
 
 A result is admitted only if it answers as this run's clients answer: a known client id, its true sample count, the
-metrics the worker reports (finite), an update the uplink codec decodes to the model's shape (finite), exactly the
-tensors the strategy expects (names, shapes, dtypes, finite), and no stored state from a deployed client. A refused
-result changes nothing; an admitted one stages the uplink decoder's new state of its client, which the server writes
-when the round commits.
+metrics the worker reports (finite), an update the uplink codec decodes to the model's shape (finite, and within the
+norm bound of fl/bounds.py), exactly the tensors the strategy expects (names, shapes, dtypes, finite), and no stored
+state from a deployed client; or, for a training task, a DIVERGED report (the client's own training diverged) with
+nothing else. A malformed result changes nothing; one whose values are refused (ValuesRefused) answers its task as a
+failed one. An admitted result stages the uplink decoder's new state of its client, which the server writes when the
+round commits.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fl.bounds import SERVER_SLACK, l2_norm, update_bound
 from fl.compression import UplinkDecoder
 from strategies.base import TensorSpec
-from transport.channel import Admission
+from transport.channel import Admission, ValuesRefused
 from transport.codecs.base import Payload
-from transport.messages import EVALUATE, TRAIN, Result
+from transport.messages import DIVERGED, EVALUATE, TRAIN, Result
 
 TRAIN_METRICS = frozenset({"loss", "steps", "lr"})  # what fl/worker.py reports for a training task
 EVALUATE_METRICS = frozenset({"loss_sum", "correct"})
@@ -41,10 +44,18 @@ class ResultAdmission(Admission):
         decoder: UplinkDecoder,
         reply_tensors: Mapping[str, TensorSpec],
         accept_state: bool = True,
+        max_update_norm: float = 0.0,
     ) -> None:
+        """`max_update_norm`: security.max_update_norm (0: no bound); `published` tells the models' norms."""
         super().__init__(len(train_sizes))
         self.train_sizes, self.test_sizes = [int(n) for n in train_sizes], [int(n) for n in test_sizes]
         self.decoder, self.reply_tensors, self.accept_state = decoder, dict(reply_tensors), accept_state
+        self.max_update_norm = max_update_norm
+        self.bounds: dict[int, float] = {}  # version -> the largest update norm a task of it may bring
+
+    def published(self, version: int, params: Tensor) -> None:
+        """The global parameters of `version`, which the updates of its tasks apply to."""
+        self.bounds[version] = SERVER_SLACK * update_bound(self.max_update_norm, l2_norm(params))
 
     def upload_limit(self) -> int:
         tensors = sum(spec.nbytes for spec in self.reply_tensors.values())
@@ -55,6 +66,9 @@ class ResultAdmission(Admission):
         self.check_client(result.client_id)
         if result.kind == TRAIN:
             update, decoder_state = self._check_training(result)
+        elif result.kind == DIVERGED:
+            self._check_diverged(result)
+            update, decoder_state = None, None
         elif result.kind == EVALUATE:
             self._check_evaluation(result)
             update, decoder_state = None, None
@@ -76,7 +90,18 @@ class ResultAdmission(Admission):
         _check_tensors(result.tensors, self.reply_tensors)
         if not isinstance(result.update, Payload):
             raise ValueError("a training result must carry an encoded update")
-        return self.decoder.decode(result.client_id, result.update)
+        update, state = self.decoder.decode(result.client_id, result.update)
+        bound, norm = self.bounds.get(result.version, math.inf), l2_norm(update)
+        if norm > bound:
+            raise ValuesRefused(f"update norm {norm:.4g} exceeds the bound {bound:.4g} (security.max_update_norm "
+                                f"{self.max_update_norm:g} times the norm of version {result.version}, at least 1)")
+        return update, state
+
+    def _check_diverged(self, result: Result) -> None:
+        """A client reports that its own training diverged: its sample count and nothing else."""
+        _check_samples(result, self.train_sizes[result.client_id], "training")
+        if result.metrics or result.update is not None or result.tensors or result.state:
+            raise ValueError("a diverged report carries no metrics, update, tensors or state")
 
     def _check_evaluation(self, result: Result) -> None:
         _check_samples(result, self.test_sizes[result.client_id], "test")
@@ -98,7 +123,7 @@ def _check_metrics(metrics: Mapping[str, float], expected: frozenset[str]) -> No
         raise ValueError(f"metrics must be exactly {sorted(expected)}, got {sorted(metrics)}")
     bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
     if bad:
-        raise ValueError(f"metrics hold NaN or Inf: {bad}")
+        raise ValuesRefused(f"metrics hold NaN or Inf: {bad}")
 
 
 def _check_tensors(tensors: Mapping[str, Tensor], expected: Mapping[str, TensorSpec]) -> None:
@@ -121,4 +146,4 @@ def _check_state(state: Mapping[str, Tensor], accepted: bool) -> None:
 
 def _check_finite(name: str, tensor: Tensor) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        raise ValueError(f"tensor {name!r} has NaN or Inf values")
+        raise ValuesRefused(f"tensor {name!r} has NaN or Inf values")

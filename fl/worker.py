@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl.bounds import divergence
 from fl.compression import encode_update, join_state, split_state
 from fl.models import ModelFn
 from fl.seeding import CODEC, derive_seed
@@ -18,7 +19,7 @@ from simulations.federated_data import FederatedData
 from strategies.base import ClientAlgorithm, ClientHook
 from transport.channel import Endpoint
 from transport.codecs.registry import make_codec
-from transport.messages import EVALUATE, TRAIN, Result, Task
+from transport.messages import DIVERGED, EVALUATE, TRAIN, Result, Task
 
 DEVICES = ("auto", "cpu", "cuda")
 # Simulation only: a decentralized node's own parameters, which its training starts from instead of the published
@@ -51,6 +52,7 @@ class WorkerSetup:
     device: str = "auto"
     threads: int = 1
     uplink: str = "identity"  # codec spec for client updates
+    max_update_norm: float = 0.0  # security.max_update_norm: a larger update is reported as diverged (0: no bound)
 
 
 class Worker:
@@ -93,6 +95,8 @@ class Worker:
             start[:num_trainable].to(self.device), task.tensors, hook_state
         )
         outcome = self.trainer.train(start, self.x[lo:hi], self.y[lo:hi], config, task.seed, hook)
+        if divergence(outcome.loss, outcome.update, start, self.setup.max_update_norm) is not None:
+            return Result(DIVERGED, task.version, task.client_id, int(hi - lo), {})  # a failed task, state unchanged
         payload, codec_state = encode_update(self.uplink, outcome.update, codec_state, derive_seed(task.seed, CODEC))
         metrics = {"loss": outcome.loss, "steps": float(outcome.steps), "lr": config.lr}
         return Result(TRAIN, task.version, task.client_id, int(hi - lo), metrics, payload, outcome.hook_tensors,

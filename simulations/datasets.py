@@ -10,6 +10,8 @@ from sklearn.datasets import load_digits
 
 from simulations.federated_data import FederatedData
 
+DIGITS_SAMPLES, DIGITS_CLASSES = 1797, 10  # what `digits()` returns, known without loading it (config checks)
+
 
 def digits(as_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (1797 samples, 10 classes, shipped offline), pixels scaled to [0, 1].

@@ -29,6 +29,7 @@ class Federation:
     num_params: int  # length of the flat vector, buffers included
     num_trainable: int  # the leading entries that an optimizer trains
     dtype: torch.dtype = torch.float32  # of the global parameters
+    train_sizes: tuple[int, ...] = ()  # each client's training samples, by id (empty: not known, e.g. a probe)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from strategies.base import (
     apply_mean_update,
     sample_uniform,
 )
+from strategies.options import in_range, positive
 
 
 class MomentumStepHook(ClientHook):
@@ -59,6 +60,10 @@ class ClientMomentumConfig:
 
     beta: float = 0.1  # weight of the fresh local gradient; 1 gives FedAvg
     server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        in_range("fedavg_client_momentum", "beta", self.beta, 0.0, 1.0)
+        positive("fedavg_client_momentum", "server_lr", self.server_lr)
 
     def build(self, federation: Federation) -> "ClientMomentum":
         return ClientMomentum(federation, self)

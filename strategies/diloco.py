@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from strategies.base import Federation, Scalar
 from strategies.fedopt import ServerOptStrategy
+from strategies.options import in_range, non_negative, positive, require
 
 
 @dataclass
@@ -24,6 +25,15 @@ class DiLoCoConfig:
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     inner_weight_decay: float | None = None  # None keeps the client config's weight decay
+
+    def __post_init__(self) -> None:
+        positive("diloco", "outer_lr", self.outer_lr)
+        in_range("diloco", "outer_momentum", self.outer_momentum, 0.0, 1.0, closed_high=False)
+        decay = self.inner_weight_decay
+        if decay is not None:
+            require("diloco", isinstance(decay, (int, float)) and not isinstance(decay, bool),
+                    f"inner_weight_decay must be a number (or absent), got {decay!r}")
+            non_negative("diloco", "inner_weight_decay", decay)
 
     def build(self, federation: Federation) -> ServerOptStrategy:
         client_config: dict[str, Scalar] = {"optimizer": "adamw"}

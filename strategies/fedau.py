@@ -29,6 +29,7 @@ from strategies.base import (
     apply_mean_update,
     sample_uniform,
 )
+from strategies.options import positive, require
 
 
 class ParticipationIntervals:
@@ -62,6 +63,10 @@ class FedAUConfig:
 
     server_lr: float = 1.0
     cutoff: int = 50  # K; the authors run K = 50 and K -> infinity
+
+    def __post_init__(self) -> None:
+        positive("fedau", "server_lr", self.server_lr)
+        require("fedau", self.cutoff >= 1, f"cutoff must be >= 1, got {self.cutoff}")
 
     def build(self, federation: Federation) -> "FedAU":
         return FedAU(federation, self)

@@ -17,6 +17,7 @@ from strategies.base import (
     apply_mean_update,
     sample_uniform,
 )
+from strategies.options import positive
 
 
 @dataclass
@@ -24,6 +25,9 @@ class FedAvgConfig:
     """FedAvg: sample-weighted average of client updates."""
 
     server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("fedavg", "server_lr", self.server_lr)
 
     def build(self, federation: Federation) -> "FedAvg":
         return FedAvg(federation, self)

@@ -33,6 +33,7 @@ from strategies.base import (
     apply_mean_update,
     sample_uniform,
 )
+from strategies.options import in_range, non_negative, positive
 from strategies.yogi import Yogi
 
 OptimizerFactory = Callable[[list[Parameter]], Optimizer]
@@ -84,12 +85,24 @@ class ServerOptStrategy(SyncStrategy):
         return self.server.step(global_params, mean.result()), {}
 
 
+def check_adaptive(label: str, server_lr: float, betas: tuple[float, ...], eps: float) -> None:
+    """The options of an adaptive server optimizer: server_lr and eps (tau) > 0, each beta in [0, 1)."""
+    positive(label, "server_lr", server_lr)
+    for key, beta in zip(("beta1", "beta2"), betas):
+        in_range(label, key, beta, 0.0, 1.0, closed_high=False)
+    positive(label, "eps", eps)
+
+
 @dataclass
 class FedAvgMConfig:
     """FedAvgM: server SGD with momentum on the pseudo-gradient (Hsu et al., 2019)."""
 
     server_lr: float = 1.0
     momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        positive("fedavgm", "server_lr", self.server_lr)
+        in_range("fedavgm", "momentum", self.momentum, 0.0, 1.0, closed_high=False)
 
     def build(self, federation: Federation) -> ServerOptStrategy:
         return ServerOptStrategy(federation, self.optimizer)
@@ -106,6 +119,9 @@ class FedAdamConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-3  # tau in Reddi et al.
+
+    def __post_init__(self) -> None:
+        check_adaptive("fedadam", self.server_lr, (self.beta1, self.beta2), self.eps)
 
     def build(self, federation: Federation) -> ServerOptStrategy:
         return ServerOptStrategy(federation, self.optimizer)
@@ -124,6 +140,10 @@ class FedYogiConfig:
     eps: float = 1e-3  # tau in Reddi et al.
     initial_accumulator: float = 1e-6
 
+    def __post_init__(self) -> None:
+        check_adaptive("fedyogi", self.server_lr, (self.beta1, self.beta2), self.eps)
+        non_negative("fedyogi", "initial_accumulator", self.initial_accumulator)
+
     def build(self, federation: Federation) -> ServerOptStrategy:
         return ServerOptStrategy(federation, self.optimizer)
 
@@ -137,6 +157,9 @@ class FedAdagradConfig:
 
     server_lr: float = 1e-1
     eps: float = 1e-3  # tau in Reddi et al.
+
+    def __post_init__(self) -> None:
+        check_adaptive("fedadagrad", self.server_lr, (), self.eps)
 
     def build(self, federation: Federation) -> ServerOptStrategy:
         return ServerOptStrategy(federation, self.optimizer)

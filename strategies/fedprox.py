@@ -9,6 +9,7 @@ from torch import Tensor
 
 from strategies.base import ClientAlgorithm, ClientHook, Federation
 from strategies.fedavg import FedAvg, FedAvgConfig
+from strategies.options import non_negative, positive
 
 
 class ProximalHook(ClientHook):
@@ -39,6 +40,10 @@ class FedProxConfig:
 
     mu: float = 0.01
     server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        non_negative("fedprox", "mu", self.mu)
+        positive("fedprox", "server_lr", self.server_lr)
 
     def build(self, federation: Federation) -> FedAvg:
         strategy = FedAvg(federation, FedAvgConfig(server_lr=self.server_lr))

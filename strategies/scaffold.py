@@ -30,6 +30,7 @@ from strategies.base import (
     apply_mean_update,
     sample_uniform,
 )
+from strategies.options import positive
 
 
 class ControlVariateHook(ClientHook):
@@ -62,6 +63,9 @@ class ScaffoldConfig:
     """SCAFFOLD: control variates correct client drift (Karimireddy et al., 2020, option II)."""
 
     server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive("scaffold", "server_lr", self.server_lr)
 
     def build(self, federation: Federation) -> "Scaffold":
         return Scaffold(federation, self)

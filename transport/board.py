@@ -21,7 +21,7 @@ from transport.auth import WORKER
 from transport.channel import Admission, Traffic
 from transport.codecs.base import Payload, State
 from transport.downlink import DownloadLedger, catch_up
-from transport.messages import EVALUATE, TRAIN, Result, Task
+from transport.messages import DIVERGED, EVALUATE, TRAIN, Result, Task
 from transport.proto import fl_pb2
 from transport.wire import ParamsMessage
 
@@ -99,6 +99,8 @@ class TaskBoard:
         self._next_id = 1
         self._answers = 0
         self._closed = False
+        self._abort_reason = ""  # why the run stopped, when it failed: clients asking for tasks are told
+        self._withdrawn: set[int] = set()  # tasks the server withdrew: a late result for one is told so
 
     @property
     def version(self) -> int | None:
@@ -143,6 +145,22 @@ class TaskBoard:
             del self._queues[client_id]
         self._changed(client_id)
 
+    def forget(self, client_id: int) -> None:
+        """A deployed client presumed gone (its task was dropped, or its session went quiet): no longer joined and
+        its session ended, so its next call must join again."""
+        with self._lock:
+            self._joined.discard(client_id)
+            self._sessions.pop(client_id, None)
+            if self.admission is not None:
+                self.admission.forget(client_id)
+            self._changed(client_id)
+
+    def quiet_clients(self, seconds: float) -> list[int]:
+        """The joined clients of a deployed board whose session has made no call for `seconds`."""
+        with self._lock:
+            now = time.monotonic()
+            return sorted(c for c in self._joined if c in self._sessions and now - self._sessions[c].last_seen > seconds)
+
     def joined(self) -> list[int]:
         """The clients that have joined, in ascending order."""
         with self._lock:
@@ -155,10 +173,12 @@ class TaskBoard:
                 raise TimeoutError(f"{len(self._joined)} of {count} clients joined within {timeout:g} s")
             return sorted(self._joined)
 
-    def wait_until_told_done(self, timeout: float) -> bool:
-        """After `close`: block until every joined client has been told DONE (False if some were not in time)."""
+    def wait_until_told_done(self, timeout: float) -> list[int]:
+        """After `close`: block until every joined client has been told the run is over; the clients that were not
+        within `timeout` seconds."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._joined <= self._told_done, timeout)
+            self._lock.wait_for(lambda: self._joined <= self._told_done, timeout)
+            return sorted(self._joined - self._told_done)
 
     def publish(self, version: int, params: Payload, change: Payload | None = None, state: State | None = None) -> None:
         """Make the (encoded) global parameters of `version` current, serialized once for every fetch: whole (with
@@ -232,6 +252,7 @@ class TaskBoard:
                 return
             self._unqueue(task_id, entry.task.client_id)
             self._remove(task_id)
+            self._withdrawn.add(task_id)
 
     def _remove(self, task_id: int) -> _Entry:
         """Forget a task, and the parameters no task needs any more (call with the lock held)."""
@@ -240,10 +261,10 @@ class TaskBoard:
         self._prune()
         return entry
 
-    def close(self) -> None:
-        """The run is over: clients asking for tasks get DONE."""
+    def close(self, abort_reason: str = "") -> None:
+        """The run is over: clients asking for tasks get DONE, or ABORTED with `abort_reason` when it failed."""
         with self._lock:
-            self._closed = True
+            self._closed, self._abort_reason = True, abort_reason
             self._changed()
 
     def on_change(self, listener: Callable[[int | None], None]) -> None:
@@ -308,6 +329,8 @@ class TaskBoard:
             if self._closed:
                 self._told_done.add(client_id)
                 self._lock.notify_all()
+                if self._abort_reason:
+                    raise Refused(Code.ABORTED, f"the server stopped the run: {self._abort_reason}")
                 return fl_pb2.DONE
             if not task_id:
                 if client_id not in self._queues:
@@ -338,7 +361,7 @@ class TaskBoard:
             if version != task.version:
                 raise Refused(Code.FAILED_PRECONDITION,
                               f"result for version {version} answers a task of {task.version}")
-            if kind != task.kind:
+            if kind != task.kind and not (kind == DIVERGED and task.kind == TRAIN):
                 raise Refused(Code.INVALID_ARGUMENT, f"a {kind!r} result cannot answer a {task.kind!r} task")
             self._entries[task_id].receiving = True
 
@@ -370,6 +393,9 @@ class TaskBoard:
     def _open_entry(self, task_id: int, client_id: int) -> _Entry:
         """The unanswered task `task_id` of `client_id` (call with the lock held)."""
         entry = self._entries.get(task_id)
+        if entry is None and task_id in self._withdrawn:
+            raise Refused(Code.FAILED_PRECONDITION, f"task {task_id} was withdrawn by the server (too stale for the "
+                                                    f"strategy, or unanswered for longer than its timeout)")
         if entry is None and 0 < task_id < self._next_id:
             raise Refused(Code.FAILED_PRECONDITION, f"task {task_id} was already answered")
         if entry is None:

@@ -16,10 +16,21 @@ from typing import Any
 from torch import Tensor
 
 from transport.downlink import Broadcast
-from transport.messages import Result, Task
+from transport.messages import REFUSED, Result, Task
+
 
 class UpdateRefused(ValueError):
-    """The server refused a client's result (malformed, wrong shape or dtype, NaN or Inf, stale, ...)."""
+    """The server refused a client's result (malformed, wrong shape or dtype, stale, ...)."""
+
+
+class ValuesRefused(ValueError):
+    """A well-formed result whose values the server refuses (an update above the norm bound, NaN or Inf): unlike a
+    malformed one, it answers its task, as a failed one, so that one client's lie never stalls a round."""
+
+
+def refused_result(result: Result) -> Result:
+    """What the server keeps of a result whose values it refused: its task, failed."""
+    return Result(REFUSED, result.version, result.client_id, result.num_samples, {})
 
 
 class Admission(ABC):
@@ -40,8 +51,9 @@ class Admission(ABC):
 
     @abstractmethod
     def admit(self, result: Result) -> Result:
-        """The result with its update decoded, if every field is what the server expects; ValueError otherwise.
-        Only an admitted result moves the receiver's state (EF21's estimate of the client's update) forward."""
+        """The result with its update decoded, if every field is what the server expects; ValueError otherwise
+        (ValuesRefused for values out of bounds). Only an admitted result moves the receiver's state (EF21's
+        estimate of the client's update) forward."""
 
     def forget(self, client_id: int) -> None:
         """Drop the receiver's state of a client whose session was replaced (its new process starts afresh)."""
@@ -104,11 +116,14 @@ class Channel(ABC):
         self.admission = admission
 
     def accepted(self, result: Result) -> Result:
-        """`result` validated and its update decoded (the step every channel applies on receipt)."""
+        """`result` validated and its update decoded (the step every channel applies on receipt); a result whose
+        values are refused comes back as a REFUSED one."""
         if self.admission is None:
             raise RuntimeError("the server has not set the channel's admission")
         try:
             return self.admission.admit(result)
+        except ValuesRefused:
+            return refused_result(result)
         except ValueError as error:
             raise UpdateRefused(f"client {result.client_id}: the server refused the result: {error}") from None
 
@@ -123,8 +138,9 @@ class Channel(ABC):
         """The clients that can be given tasks now, or None when every client can (a simulation)."""
         return None
 
-    def close(self) -> None:
-        """Release what the channel holds open (a server, a port)."""
+    def close(self, abort_reason: str = "") -> None:
+        """Release what the channel holds open (a server, a port); `abort_reason`: the run failed, and why (a
+        channel with remote clients tells them)."""
 
     @abstractmethod
     def publish(self, version: int, broadcast: Broadcast) -> None:

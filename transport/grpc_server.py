@@ -11,51 +11,26 @@ server's admission allows, and its buffers grow only with data received; the ser
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
-import threading
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from transport import framing, wire
 from transport.auth import SESSION_KEY, WORKER, authenticated_client
 from transport.board import Refused, TaskBoard
+from transport.channel import ValuesRefused, refused_result
 from transport.messages import Result, Task, tensor_bytes
 from transport.proto import fl_pb2
-from transport.grpc_common import add_port
+from transport.grpc_common import (AioServer, CallSlots, ListenError, ServerLimits, aio_server, invalid_argument,
+                                   listen, parse, read_frames, refusals)
 
 Code = grpc.StatusCode
 MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
 
-
-@dataclass(frozen=True)
-class ServerLimits:
-    idle_seconds: float = 30.0  # a stream that moves no frame for this long is cancelled
-    calls_per_client: int = 4  # concurrent calls of one client id
-    calls_per_worker: int = 256  # concurrent calls of the simulation worker credential
-    max_concurrent_calls: int = 10_000  # beyond this, gRPC answers RESOURCE_EXHAUSTED at once
-
-
-class ListenError(OSError):
-    """The server cannot listen on the address asked for (a port in use, a bad host)."""
-
-
-def _refusals(method: Callable) -> Callable:
-    """Turn a Refused raised by a servicer coroutine into its gRPC status."""
-
-    @functools.wraps(method)
-    async def call(self, request, context):
-        try:
-            return await method(self, request, context)
-        except Refused as refusal:
-            await context.abort(refusal.code, str(refusal))
-    return call
+_refusals, _parse, _invalid_argument = refusals, parse, invalid_argument  # shared with the gossip server
 
 
 class _Wakeup:
@@ -87,7 +62,7 @@ class FederationServicer:
                  wakeup: _Wakeup) -> None:
         self.board, self.auth_secret = board, auth_secret
         self.max_message_bytes, self.limits, self.wakeup = max_message_bytes, limits, wakeup
-        self._calls: Counter[int] = Counter()  # calls in progress per client id
+        self._calls = CallSlots()  # calls in progress per client id
 
     @_refusals
     async def Join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -171,19 +146,23 @@ class FederationServicer:
                 _same_client(proven, header.client_id)
                 self.board._reserve(header.task_id, header.client_id, header.version, header.kind, session)
                 try:
-                    result, frame = await self._read_result(frame, frames)
+                    (result, refusal), frame = await self._read_result(frame, frames)
                     own_bytes = sum(sizes[first_size : len(sizes) - (frame is not None)])
                     self.board._answer(header.task_id, result, own_bytes - tensor_bytes(result.state), session)
                 except BaseException:
                     self.board._release(header.task_id)
                     raise
+                if refusal is not None:  # the task is answered as failed; the sender hears why
+                    raise Refused(Code.INVALID_ARGUMENT, f"client {header.client_id}, task {header.task_id}: "
+                                                         f"{refusal}")
                 stored.append(header.task_id)
                 if frame is None:
                     return fl_pb2.PushReply(task_id=stored[0], task_ids=stored).SerializeToString()
 
     async def _read_result(self, header: fl_pb2.Frame, frames: AsyncIterator[fl_pb2.Frame]
-                           ) -> tuple[Result, fl_pb2.Frame | None]:
-        """The admitted result and the frame after it (another result's header, or None at the end)."""
+                           ) -> tuple[tuple[Result, ValuesRefused | None], fl_pb2.Frame | None]:
+        """The admitted result (or the refused one, with why) and the frame after it (another result's header, or
+        None at the end)."""
         about = f"client {header.result.client_id}, task {header.result.task_id}: "
         reader = _invalid_argument(framing.PartsReader, header, self.board.upload_limit(), about=about)
         while not reader.done and (frame := await anext(frames, None)) is not None:
@@ -194,21 +173,16 @@ class FederationServicer:
             raise Refused(Code.INVALID_ARGUMENT, about + str(framing.surplus(after)))
         return await asyncio.to_thread(_invalid_argument, self._admitted, header, parts, about=about), after
 
-    def _admitted(self, header: fl_pb2.Frame, parts: list[bytearray]) -> Result:
+    def _admitted(self, header: fl_pb2.Frame, parts: list[bytearray]) -> tuple[Result, ValuesRefused | None]:
         _, result = wire.result_from_frame(header, parts)
-        return self.board._admission().admit(result)
+        try:
+            return self.board._admission().admit(result), None
+        except ValuesRefused as refusal:
+            return refused_result(result), refusal
 
-    async def _frames(self, request_iterator: AsyncIterator[bytes], sizes: list[int]) -> AsyncIterator[fl_pb2.Frame]:
+    def _frames(self, request_iterator: AsyncIterator[bytes], sizes: list[int]) -> AsyncIterator[fl_pb2.Frame]:
         """Parsed frames, each within `idle_seconds` of the last; each one's size appended to `sizes`."""
-        while True:
-            try:
-                data = await asyncio.wait_for(anext(request_iterator, None), self.limits.idle_seconds)
-            except asyncio.TimeoutError:
-                raise Refused(Code.DEADLINE_EXCEEDED, f"no frame for {self.limits.idle_seconds:g} s") from None
-            if data is None:
-                return
-            sizes.append(len(data))
-            yield _parse(fl_pb2.Frame, data, "frame")
+        return read_frames(request_iterator, sizes, self.limits.idle_seconds)
 
     async def _write(self, context: grpc.aio.ServicerContext, frames: Iterable[bytes]) -> None:
         for frame in frames:
@@ -245,15 +219,8 @@ class FederationServicer:
     def _slot(self, client_id: int) -> Iterator[None]:
         """One of the client's concurrent calls; RESOURCE_EXHAUSTED when it has its fill."""
         limit = self.limits.calls_per_worker if client_id == WORKER else self.limits.calls_per_client
-        if self._calls[client_id] >= limit:
-            raise Refused(Code.RESOURCE_EXHAUSTED, f"client {client_id} already has {limit} calls in progress")
-        self._calls[client_id] += 1
-        try:
+        with self._calls.slot(client_id, limit, f"client {client_id}"):
             yield
-        finally:
-            self._calls[client_id] -= 1
-            if not self._calls[client_id]:
-                del self._calls[client_id]
 
     def _proven_client(self, context: grpc.aio.ServicerContext) -> int | None:
         """The client id the call's token proves (None when the server is open); UNAUTHENTICATED if none."""
@@ -281,67 +248,24 @@ def _session(context: grpc.aio.ServicerContext) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _parse(message_type: type[Message], data: bytes, what: str = "") -> Any:
-    try:
-        return message_type.FromString(data)
-    except DecodeError as error:
-        raise Refused(Code.INVALID_ARGUMENT, f"undecodable {what or message_type.__name__}: {error}") from None
-
-
-def _invalid_argument(function: Callable, *args, about: str = ""):
-    """`function(*args)`, with a ValueError turned into INVALID_ARGUMENT (its message prefixed by `about`)."""
-    try:
-        return function(*args)
-    except ValueError as error:
-        raise Refused(Code.INVALID_ARGUMENT, about + str(error)) from error
-
-
-class FederationServer:
+class FederationServer(AioServer):
     """A grpc.aio server for `board` on an event loop of its own thread, started and stopped from synchronous code."""
 
     def __init__(self, board: TaskBoard, address: str, tls: tuple[str, str] | None, auth_secret: bytes | None,
                  max_message_bytes: int, limits: ServerLimits) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fl-grpc-server", daemon=True)
-        self._thread.start()
-        start = self._start(board, address, tls, auth_secret, max_message_bytes, limits)
-        try:
-            self.port = asyncio.run_coroutine_threadsafe(start, self._loop).result()
-        except BaseException:
-            self._close_loop()
-            raise
+        super().__init__("fl-grpc-server",
+                         lambda: self._start(board, address, tls, auth_secret, max_message_bytes, limits))
 
     async def _start(self, board: TaskBoard, address: str, tls: tuple[str, str] | None, auth_secret: bytes | None,
-                     max_message_bytes: int, limits: ServerLimits) -> int:
+                     max_message_bytes: int, limits: ServerLimits) -> tuple[grpc.aio.Server, int]:
         wakeup = _Wakeup(asyncio.get_running_loop())
         servicer = FederationServicer(board, auth_secret, max_message_bytes, limits, wakeup)
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
-                   # gRPC's core cancels calls beyond its queue (1,000 by default) before Python sees them
-                   ("grpc.server.max_pending_requests", limits.max_concurrent_calls),
-                   ("grpc.server.max_pending_requests_hard_limit", limits.max_concurrent_calls)]
-        self._server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.max_concurrent_calls)
-        self._server.add_generic_rpc_handlers((_handlers(servicer),))
-        try:
-            port = add_port(self._server, address, tls)
-        except RuntimeError as error:
-            raise ListenError(f"cannot listen on {address} ({error}): is another server using that port?") from None
-        await self._server.start()
+        server = aio_server(max_message_bytes, limits.max_concurrent_calls)
+        server.add_generic_rpc_handlers((_handlers(servicer),))
+        port = listen(server, address, tls)
+        await server.start()
         board.on_change(wakeup.notify)
-        return port
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop serving (calls in progress get `grace` seconds) and end the loop's thread."""
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
-        self._close_loop()
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        return server, port
 
 
 def _handlers(servicer: FederationServicer) -> grpc.GenericRpcHandler:

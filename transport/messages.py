@@ -10,6 +10,9 @@ from transport.codecs.base import Payload
 
 Scalar = bool | int | float | str
 TRAIN, EVALUATE = "train", "evaluate"
+# Results of a training task that carry no update: the client's own training diverged (its loss or update is NaN or
+# Inf), or the server refused the update's values (too large, NaN or Inf) and closed the task with it.
+DIVERGED, REFUSED = "diverged", "refused"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from strategies.asynchronous.base import Arrival, AsyncStrategy, Start, check_concurrency, sample_idle
 from strategies.base import Federation, WeightedMean, apply_mean_update
+from strategies.options import concurrency, positive
 
 
 @dataclass
@@ -44,10 +45,10 @@ class AnarchicOptions:
 
     def __post_init__(self) -> None:
         name = self.label
+        concurrency(name, self.concurrency)
         if self.buffer_size < 1:
             raise ValueError(f"{name}: buffer_size must be >= 1, got {self.buffer_size}")
-        if not self.server_lr > 0.0:
-            raise ValueError(f"{name}: server_lr must be > 0, got {self.server_lr}")
+        positive(name, "server_lr", self.server_lr)
         if not 1 <= self.steps_min <= self.steps_max:
             raise ValueError(f"{name}: need 1 <= steps_min <= steps_max, got {self.steps_min} and {self.steps_max}")
         if not 0.0 <= self.idle_mean < float("inf"):

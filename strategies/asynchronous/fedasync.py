@@ -26,6 +26,7 @@ from strategies.asynchronous.base import Arrival, AsyncStrategy, check_concurren
 from strategies.asynchronous.staleness import parse_staleness, staleness_limit
 from strategies.base import Federation
 from strategies.fedprox import ProximalTerm
+from strategies.options import concurrency
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FedAsyncConfig:
     max_staleness: int = -1  # the runtime drops arrivals staler than this; -1: no limit
 
     def __post_init__(self) -> None:
+        concurrency("fedasync", self.concurrency)
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"fedasync: alpha must be in (0, 1], got {self.alpha}")
         if not self.rho >= 0.0:

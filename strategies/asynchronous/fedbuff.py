@@ -34,6 +34,7 @@ from strategies.asynchronous.base import Arrival, AsyncStrategy, check_concurren
 from strategies.asynchronous.staleness import parse_staleness, staleness_limit
 from strategies.base import Federation, WeightedMean
 from strategies.fedopt import ServerOptimizer
+from strategies.options import concurrency, positive
 
 EXAMPLE_WEIGHTS = ("equal", "samples")
 NORMALIZATIONS = ("count", "weights", "sum")
@@ -53,14 +54,14 @@ class FedBuffConfig:
     max_staleness: int = -1  # the runtime drops arrivals staler than this; -1: no limit
 
     def __post_init__(self) -> None:
+        concurrency("fedbuff", self.concurrency)
         if self.buffer_size < 1:
             raise ValueError(f"fedbuff: buffer_size must be >= 1, got {self.buffer_size}")
         if self.weights not in EXAMPLE_WEIGHTS:
             raise ValueError(f"fedbuff: weights must be one of {', '.join(EXAMPLE_WEIGHTS)}, got {self.weights!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"fedbuff: normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
-        if not self.server_lr > 0.0:
-            raise ValueError(f"fedbuff: server_lr must be > 0, got {self.server_lr}")
+        positive("fedbuff", "server_lr", self.server_lr)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"fedbuff: momentum must be in [0, 1), got {self.momentum}")
         parse_staleness(self.staleness)

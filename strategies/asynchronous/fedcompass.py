@@ -29,6 +29,7 @@ from torch import Tensor
 from strategies.asynchronous.base import Arrival, AsyncStrategy, Start, check_concurrency
 from strategies.asynchronous.staleness import parse_staleness
 from strategies.base import Federation
+from strategies.options import positive
 
 MIN_SPEED = 1e-9  # seconds per step: clients that take no time (no device profiles) would divide by zero
 
@@ -54,8 +55,7 @@ class FedCompassConfig:
             raise ValueError(f"fedcompass: speed_momentum must be in [0, 1], got {self.speed_momentum}")
         if not self.latest_time_factor >= 1.0:
             raise ValueError(f"fedcompass: latest_time_factor must be >= 1, got {self.latest_time_factor}")
-        if not self.alpha > 0.0:
-            raise ValueError(f"fedcompass: alpha must be > 0, got {self.alpha}")
+        positive("fedcompass", "alpha", self.alpha)
         parse_staleness(self.staleness)
 
     def build(self, federation: Federation) -> FedCompass:

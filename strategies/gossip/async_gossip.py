@@ -17,12 +17,11 @@ import torch
 from torch import Tensor
 
 from strategies.gossip.base import GossipStrategy, Network, NodeState
+from strategies.options import require
 
 
 class AsyncGossip(GossipStrategy):
     def __init__(self, network: Network, merge: float) -> None:
-        if not 0.0 < merge <= 1.0:
-            raise ValueError(f"async_gossip: merge must lie in (0, 1], got {merge}")
         self.network, self.merge = network, merge
 
     def combine(self, node: int, step: int, before: Tensor, current: Tensor, mixed: Tensor, state: NodeState,
@@ -40,6 +39,9 @@ class AsyncGossipConfig:
     asynchronous: ClassVar[bool] = True  # runs on the virtual clock, one wake-up at a time
 
     merge: float = 0.5  # the weight a receiver gives the model it receives
+
+    def __post_init__(self) -> None:
+        require("async_gossip", 0.0 < self.merge <= 1.0, f"merge must lie in (0, 1], got {self.merge}")
 
     def build(self, network: Network) -> AsyncGossip:
         return AsyncGossip(network, self.merge)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from strategies.gossip.base import Compressor, GossipStrategy, Network, NodeState
+from strategies.options import require
 
 
 class IdentityCompressor:
@@ -34,8 +35,6 @@ class Choco(GossipStrategy):
     """Compressed differences to public replicas, and a consensus step of size gamma towards the replicas' mix."""
 
     def __init__(self, network: Network, gamma: float, compressor: Compressor | None = None) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
         self.network = network
         self.gamma = gamma
         self.compressor: Compressor = compressor if compressor is not None else IdentityCompressor()
@@ -68,7 +67,10 @@ class ChocoConfig:
     decentralized: ClassVar[bool] = True  # the registry's mark of a gossip strategy
 
     gamma: float = 0.5  # consensus step size; tune it to the compressor
-    compression: str = "topk:ratio=0.1"  # codec spec; the runtime builds the Compressor from it
+    compression: str = "topk:ratio=0.1"  # codec spec; the runtime builds (and the config reader checks) it
+
+    def __post_init__(self) -> None:
+        require("choco", 0.0 < self.gamma <= 1.0, f"gamma must lie in (0, 1], got {self.gamma}")
 
     def build(self, network: Network, compressor: Compressor | None = None) -> Choco:
         """`compressor`: built by the runtime from `compression`; None gives exact (identity) messages."""

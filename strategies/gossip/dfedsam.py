@@ -19,6 +19,7 @@ from torch import Tensor
 
 from strategies.base import ClientAlgorithm, ClientHook
 from strategies.gossip.base import GossipStrategy, Network, NodeState
+from strategies.options import non_negative, require
 
 
 class SAMHook(ClientHook):
@@ -52,8 +53,6 @@ class DFedSAM(GossipStrategy):
     """SAM local training, then `gossip_steps` steps of plain mixing z <- W z."""
 
     def __init__(self, network: Network, rho: float, gossip_steps: int = 1) -> None:
-        if gossip_steps < 1:
-            raise ValueError(f"gossip_steps must be >= 1, got {gossip_steps}")
         self.network = network
         self.client_algorithm = SharpnessAware(rho)
         self.steps = gossip_steps
@@ -75,6 +74,9 @@ class DFedSAMConfig:
 
     rho: float = 0.05  # SAM radius; 0 gives D-PSGD (ATC order) exactly
 
+    def __post_init__(self) -> None:
+        non_negative("dfedsam", "rho", self.rho)
+
     def build(self, network: Network) -> DFedSAM:
         return DFedSAM(network, self.rho, gossip_steps=1)
 
@@ -87,6 +89,10 @@ class DFedSAMMGSConfig:
 
     rho: float = 0.05
     gossip_steps: int = 4  # Q
+
+    def __post_init__(self) -> None:
+        non_negative("dfedsam_mgs", "rho", self.rho)
+        require("dfedsam_mgs", self.gossip_steps >= 1, f"gossip_steps must be >= 1, got {self.gossip_steps}")
 
     def build(self, network: Network) -> DFedSAM:
         return DFedSAM(network, self.rho, gossip_steps=self.gossip_steps)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from strategies.gossip.base import GossipStrategy, Network, NodeState
+from strategies.options import one_of
 
 ORDERS = ("atc", "consensus")
 # Both orders keep the nodes' average exactly as FedAvg moves it (W doubly stochastic): mean(X) <- mean(X + Delta).
@@ -32,8 +33,6 @@ class DPSGD(GossipStrategy):
 
     def __init__(self, network: Network, order: str = "atc") -> None:
         """`order`: "atc" (message after the local steps) or "consensus" (message from the round's start)."""
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.network = network
         self.order = order
 
@@ -58,6 +57,9 @@ class DPSGDConfig:
     decentralized: ClassVar[bool] = True  # the registry's mark of a gossip strategy
 
     order: str = "atc"  # "atc": X <- W (X + Delta); "consensus": X <- W X + Delta
+
+    def __post_init__(self) -> None:
+        one_of("dpsgd", "order", self.order, ORDERS)
 
     def build(self, network: Network) -> DPSGD:
         return DPSGD(network, self.order)

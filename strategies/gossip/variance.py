@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from strategies.gossip.base import GossipStrategy, Network, NodeState
+from strategies.options import in_range, non_negative
 
 
 def population_variance(tensor: Tensor) -> Tensor:
@@ -36,10 +37,6 @@ class VarianceCorrected(GossipStrategy):
     needs_inbox = True
 
     def __init__(self, network: Network, conservative: float = 0.5, eps: float = 1e-4) -> None:
-        if not 0.0 <= conservative <= 1.0:
-            raise ValueError(f"conservative must lie in [0, 1], got {conservative}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         self.network = network
         self.conservative = conservative
         self.eps = eps
@@ -74,6 +71,10 @@ class VarianceCorrectedConfig:
 
     conservative: float = 0.5  # weight c of the own model; 0: plain average of the received models
     eps: float = 1e-4  # in sqrt((target + eps) / (var + eps)), as in DFL_torch; 0 allowed
+
+    def __post_init__(self) -> None:
+        in_range("variance_corrected", "conservative", self.conservative, 0.0, 1.0)
+        non_negative("variance_corrected", "eps", self.eps)
 
     def build(self, network: Network) -> VarianceCorrected:
         return VarianceCorrected(network, self.conservative, self.eps)

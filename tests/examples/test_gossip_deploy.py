@@ -62,7 +62,7 @@ def run_nodes_in_threads(config: RunConfig) -> list[torch.Tensor]:
     data = build_data(config.data, config.seed)
     setup = gossip_setup(config, data, build_model_fn(config.model, data))
     nodes = [Node(setup, node) for node in range(data.num_clients)]  # one after the other: they seed torch
-    inboxes = [Inbox(node.node, node.senders, *node.message_size(), codec=node.codec) for node in nodes]
+    inboxes = [node.inbox() for node in nodes]
 
     def deliver(receiver: int, round: int, step: int, sender: int, payload) -> None:
         while True:

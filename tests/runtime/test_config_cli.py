@@ -38,7 +38,7 @@ def test_overrides_reach_nested_sections_and_strategy_options():
         ("strategy.server_lr=oops", "server_lr"),
         ("rounds=2.5", "rounds must be int"),
         ("strategy.wrong_option=1", "wrong_option"),
-        ("max_virtual_seconds=-1", "max_virtual_seconds must be >= 0"),
+        ("max_virtual_seconds=-1", "max_virtual_seconds must be 0 (no limit) or a finite number"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_key(override, message):

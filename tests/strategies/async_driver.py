@@ -6,10 +6,11 @@ task takes seconds_per_step[i] * steps virtual seconds after its start (a Start'
 always online and never drops out; a reply carries samples[i] samples (default 1). Everything is float64.
 
 Semantics of the loop, for hand traces: events at equal times are handled arrivals first, then timers, then delayed
-starts, and by client id; after each event the loop publishes the parameters the strategy returned (if any). Once
-every event at that time is handled, it fills free slots through `select` (clients that arrived are idle again, and
-all start on the newest version), and after every event it asks `next_timer`. The run stops
-after `versions` published versions (not counting the initial one) or when nothing is left to happen.
+starts, and by client id; after each event the loop publishes the parameters the strategy returned (if any), fills
+free slots through `select` (a client that arrived is idle again and starts on the newest version, before the next
+arrival of the same instant; after a task that took no time, only once the instant's other events are handled), and
+asks `next_timer`. The run stops after `versions` published versions (not counting the initial one) or when nothing
+is left to happen.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class AsyncTrace:
     arrivals: list[tuple[float, int, int, float]] = field(default_factory=list)  # (time, client, staleness, value after)
     published: list[tuple[float, float]] = field(default_factory=list)  # (time, value) of each new version
     starts: list[tuple[float, int, dict]] = field(default_factory=list)  # (time the task begins, client, config)
+    downloads: list[tuple[int, float]] = field(default_factory=list)  # (client, value it trains from) of each task
+    batches: list[list[int]] = field(default_factory=list)  # the clients of each batch the loop trained together
     final: float = 0.0
     loop: AsyncLoop | None = None
 
@@ -61,14 +64,17 @@ class QuadraticRunner(TaskRunner):
     """Closed-form local training of the quadratic clients, from the parameters current when a task is posted."""
 
     def __init__(self, strategy: AsyncStrategy, centers: Sequence[float], lr: float, steps: int,
-                 samples: Sequence[int]) -> None:
+                 samples: Sequence[int], trace: AsyncTrace) -> None:
         self.strategy, self.centers, self.lr, self.steps, self.samples = strategy, list(centers), lr, steps, samples
         self.current = torch.zeros(1, dtype=torch.float64)
+        self.trace = trace
 
     def post(self, task: Task) -> tuple[Task, Tensor]:
+        self.trace.downloads.append((task.client_id, float(self.current[0])))
         return task, self.current
 
     def run(self, handles: list[tuple[Task, Tensor]]) -> list[tuple[Result, int]]:
+        self.trace.batches.append([task.client_id for task, _ in handles])
         return [(self._train(task, start), 0) for task, start in handles]
 
     def _train(self, task: Task, start: Tensor) -> Result:
@@ -112,7 +118,7 @@ def run_async(strategy: AsyncStrategy, centers: Sequence[float], seconds_per_ste
               ) -> AsyncTrace:
     """Run until `versions` versions are published (or nothing is left to happen); see the module docstring."""
     trace = AsyncTrace()
-    runner = QuadraticRunner(strategy, centers, lr, steps, samples or [1] * len(centers))
+    runner = QuadraticRunner(strategy, centers, lr, steps, samples or [1] * len(centers), trace)
 
     def publish(params: Tensor) -> int:
         runner.current = params.detach().clone()

@@ -128,12 +128,13 @@ def test_afa_cd_trace_on_the_event_loop() -> None:
     trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=3, x0=8.0)
     # Assert, by hand: client 0 takes 2 s, client 1 takes 6 s.
     # t=2, t=4: client 0 from 8 (u = -3) twice: x = 8 - 3 = 5; client 0 restarts from 5 (u = -15/8).
-    # t=6: client 0 (staleness 0), then client 1 (from 8, u = 0.75, staleness 1) completes the buffer:
-    #      x = 5 + (-15/8 + 3/4) / 2 = 71/16; both restart from 71/16 (client 0: u = -213/128).
-    # t=8, t=10: client 0 twice with u = -213/128: x = 71/16 - 213/128 = 355/128.
-    assert trace.published == [(4.0, 5.0), (6.0, 71 / 16), (10.0, 355 / 128)]
+    # t=6: client 0 (staleness 0) fills half the buffer and restarts from 5 at once; client 1 (from 8, u = 0.75,
+    #      staleness 1) completes the buffer: x = 5 + (-15/8 + 3/4) / 2 = 71/16, and restarts from there.
+    # t=8: client 0 (from 5, staleness 1, u = -15/8) restarts from 71/16 (u = -213/128).
+    # t=10: client 0: x = 71/16 + (-15/8 - 213/128) / 2 = 683/256.
+    assert trace.published == [(4.0, 5.0), (6.0, 71 / 16), (10.0, 683 / 256)]
     assert trace.arrivals == [(2.0, 0, 0, 8.0), (4.0, 0, 0, 5.0), (6.0, 0, 0, 5.0), (6.0, 1, 1, 71 / 16),
-                              (8.0, 0, 0, 71 / 16), (10.0, 0, 0, 355 / 128)]
+                              (8.0, 0, 1, 71 / 16), (10.0, 0, 0, 683 / 256)]
     assert all(config == {"steps": 2} for _, _, config in trace.starts)
 
 

@@ -1,5 +1,7 @@
 """FedAsync: staleness weights, the mixing rule x <- (1 - a s) x + a s y on hand-built arrivals, and options."""
 
+import math
+
 import pytest
 import torch
 
@@ -128,13 +130,13 @@ def test_trace_on_the_event_loop_with_polynomial_staleness() -> None:
     strategy = FedAsyncConfig(concurrency=2, alpha=0.5).build(Federation(2, 2, 1, 1, torch.float64))
     # Execute
     trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=5, x0=8.0)
-    # Assert: t=1,2,3 client 0 (tau 0, alpha_t 0.5): y = 4, 3, 2.25 gives x = 6, 4.5, 3.375; client 1 arrives at
-    # t=3 too (tau 3, alpha_t 0.5 / 2): y = 0.5 * 8 + 5 = 9, x = 0.75 * 3.375 + 0.25 * 9 = 4.78125; clients that
-    # arrive together restart together, so client 0 restarts from 4.78125: at t=4 (tau 0) y = 2.390625 and
-    # x = 0.5 * 4.78125 + 0.5 * 2.390625 = 3.5859375
-    last = 3.5859375
+    # Assert: t=1,2,3 client 0 (tau 0, alpha_t 0.5): y = 4, 3, 2.25 gives x = 6, 4.5, 3.375, and client 0 restarts
+    # from 3.375 at once; client 1 arrives at t=3 too (tau 3, alpha_t 0.5 / 2): y = 0.5 * 8 + 5 = 9,
+    # x = 0.75 * 3.375 + 0.25 * 9 = 4.78125; at t=4 client 0 (tau 1, alpha_t 0.5 / sqrt 2) brings y = 1.6875:
+    # x = 4.78125 + alpha_t (1.6875 - 4.78125) = 4.78125 - 0.7734375 sqrt 2
+    last = 4.78125 - 0.7734375 * math.sqrt(2)
     assert trace.arrivals[:4] == [(1.0, 0, 0, 6.0), (2.0, 0, 0, 4.5), (3.0, 0, 0, 3.375), (3.0, 1, 3, 4.78125)]
-    assert trace.arrivals[4] == (4.0, 0, 0, last)
+    assert trace.arrivals[4][:3] == (4.0, 0, 1) and trace.arrivals[4][3] == pytest.approx(last, rel=1e-14)
     assert trace.published == [(t, x) for t, _, _, x in trace.arrivals]  # every arrival publishes
     assert trace.final == pytest.approx(last, rel=1e-14)
 

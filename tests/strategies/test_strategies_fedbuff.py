@@ -159,12 +159,13 @@ def test_trace_with_a_buffer_of_two() -> None:
     strategy = FedBuffConfig(concurrency=2, buffer_size=2, server_lr=0.5, normalize="sum").build(TWO)
     # Execute
     trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=3, x0=4.0)
-    # Assert: t=1, 2 client 0 sends -2 twice (both from v0): x = 4 + 0.5 * -4 = 2 (v1); t=3 client 0 sends -1, then
-    # client 1 (tau 1, weight 1/sqrt 2) sends 3: x2 = 2 + 0.5 (-1 + 3/sqrt 2) (v2); both restart from x2 (clients
-    # arriving together restart together); t=4 and t=5 client 0 (from v2, tau 0) sends -x2/2 twice: x3 = x2 / 2
+    # Assert: t=1, 2 client 0 sends -2 twice (both from v0): x = 4 + 0.5 * -4 = 2 (v1); t=3 client 0 sends -1 and
+    # restarts from v1 at once (x = 2), then client 1 (tau 1, weight 1/sqrt 2) sends 3: x2 = 2 + 0.5 (-1 + 3/sqrt 2)
+    # (v2); t=4 client 0 (from v1, tau 1) sends -1 with weight 1/sqrt 2 and restarts from x2; t=5 client 0 (from v2,
+    # tau 0) sends -x2/2: x3 = x2 + 0.5 (-1/sqrt 2 - x2/2) = 0.75 x2 - 0.5/sqrt 2
     x2 = 1.5 + 1.5 / ROOT2
-    x3 = 0.5 * x2
-    expected = [(1.0, 0, 0, 4.0), (2.0, 0, 0, 2.0), (3.0, 0, 0, 2.0), (3.0, 1, 1, x2), (4.0, 0, 0, x2), (5.0, 0, 0, x3)]
+    x3 = 0.75 * x2 - 0.5 / ROOT2
+    expected = [(1.0, 0, 0, 4.0), (2.0, 0, 0, 2.0), (3.0, 0, 0, 2.0), (3.0, 1, 1, x2), (4.0, 0, 1, x2), (5.0, 0, 0, x3)]
     assert [a[:3] for a in trace.arrivals] == [e[:3] for e in expected]
     assert [a[3] for a in trace.arrivals] == pytest.approx([e[3] for e in expected], rel=1e-14)
     assert [t for t, _ in trace.published] == [2.0, 3.0, 5.0]
@@ -176,12 +177,12 @@ def test_trace_with_a_buffer_of_one() -> None:
     strategy = FedBuffConfig(concurrency=2, buffer_size=1).build(TWO)
     # Execute
     trace = run_async(strategy, centers=[0.0, 10.0], seconds_per_step=[1.0, 3.0], versions=5, x0=4.0)
-    # Assert: client 0 halves x at t=1, 2, 3 (4 -> 2 -> 1 -> 0.5); client 1 started at v0 arrives at t=3 with tau 3
-    # and sends 0.5 (10 - 4) = 3 weighted (1 + 3)^-0.5: x = 0.5 + 1.5 = 2; client 0 restarts from there (clients
-    # arriving together restart together) and at t=4 (tau 0) sends -1: x = 1
-    last = 1.0
+    # Assert: client 0 halves x at t=1, 2, 3 (4 -> 2 -> 1 -> 0.5) and restarts from 0.5 at once; client 1 started
+    # at v0 arrives at t=3 with tau 3 and sends 0.5 (10 - 4) = 3 weighted (1 + 3)^-0.5: x = 0.5 + 1.5 = 2; at t=4
+    # client 0 (tau 1) sends 0.5 (0 - 0.5) = -0.25 weighted 2^-0.5: x = 2 - 0.25 / sqrt 2
+    last = 2.0 - 0.25 / ROOT2
     assert trace.arrivals[:4] == [(1.0, 0, 0, 2.0), (2.0, 0, 0, 1.0), (3.0, 0, 0, 0.5), (3.0, 1, 3, 2.0)]
-    assert trace.arrivals[4] == (4.0, 0, 0, last)
+    assert trace.arrivals[4][:3] == (4.0, 0, 1) and trace.arrivals[4][3] == pytest.approx(last, rel=1e-14)
     assert trace.published == [(t, x) for t, _, _, x in trace.arrivals]
     assert trace.final == pytest.approx(last, rel=1e-14)
 

@@ -230,19 +230,20 @@ def test_trace_two_clients_on_the_event_loop() -> None:
     # Execute
     trace = run_async(config.build(fed(2)), centers=[1.0, -1.0], seconds_per_step=[2.0, 1.0], versions=6)
     # Assert: t 4 c1 first (opens group A: expected 8, latest 10); t 8 c0 first (tau 1): A would give
-    # floor(0 / 2) < Q_min steps, so it opens B with floor((10 + 1 * 4 - 8) / 2) = 3 steps (14, 17); c1 completes A
-    # (tau 1) and opens C with Q_max (B's estimate floor((17 + 2 * 4 - 8) / 1) = 17 > Q_max): (12, 14); both start on
-    # v3; t 12 c1 completes C alone and joins B with floor((14 - 12) / 1) = 2; t 14 c0 (tau 1) waits, c1 (tau 0)
-    # completes B; c1 (fastest) opens D with Q_max, c0 joins it with floor(4 / 2) = 2; t 18 D arrives fresh
+    # floor(0 / 2) < Q_min steps, so it opens B with floor((10 + 1 * 4 - 8) / 2) = 3 steps (14, 17) and starts at
+    # once on v2; c1 completes A (tau 1) and opens C with Q_max (B's estimate floor((17 + 2 * 4 - 8) / 1) = 17 >
+    # Q_max): (12, 14), starting on v3; t 12 c1 completes C alone and joins B with floor((14 - 12) / 1) = 2; t 14
+    # c0 (tau 2: v3 and v4 since its start) waits, c1 (tau 0) completes B; c1 (fastest) opens D with Q_max, c0
+    # joins it with floor(4 / 2) = 2; t 18 D arrives fresh
     assert [s[:2] + (s[2]["steps"],) for s in trace.starts[:8]] == [
         (0.0, 0, 4), (0.0, 1, 4), (4.0, 1, 4), (8.0, 0, 3), (8.0, 1, 4), (12.0, 1, 2), (14.0, 1, 4), (14.0, 0, 2)]
     assert [a[:3] for a in trace.arrivals] == [
-        (4.0, 1, 0), (8.0, 0, 1), (8.0, 1, 1), (12.0, 1, 0), (14.0, 0, 1), (14.0, 1, 0), (18.0, 0, 0), (18.0, 1, 0)]
+        (4.0, 1, 0), (8.0, 0, 1), (8.0, 1, 1), (12.0, 1, 0), (14.0, 0, 2), (14.0, 1, 0), (18.0, 0, 0), (18.0, 1, 0)]
     v1 = 0.0 + 0.5 * local(0.0, -1.0, 4)
     v2 = v1 + 0.25 * local(0.0, 1.0, 4)
     v3 = v2 + 0.25 * (local(v1, -1.0, 4) - v1)
     v4 = v3 + 0.5 * (local(v3, -1.0, 4) - v3)
-    v5 = v4 + 0.25 * (local(v3, 1.0, 3) - v3) + 0.5 * (local(v4, -1.0, 2) - v4)
+    v5 = v4 + (1 / 3) / 2 * (local(v2, 1.0, 3) - v2) + 0.5 * (local(v4, -1.0, 2) - v4)
     v6 = v5 + 0.5 * (local(v5, 1.0, 2) - v5) + 0.5 * (local(v5, -1.0, 4) - v5)
     assert [p[0] for p in trace.published] == [4.0, 8.0, 8.0, 12.0, 14.0, 18.0]
     assert [p[1] for p in trace.published] == pytest.approx([v1, v2, v3, v4, v5, v6], rel=1e-14)
