@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ssl
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import DecodeError, Message
 
 from transport.board import Refused
@@ -67,14 +67,20 @@ def open_channel(address: str, root_cert_path: str | None, options: Sequence[tup
 
 
 def certificate_names(cert_path: str) -> list[str]:
-    """The names a PEM certificate gives its subject: its common name and DNS subjectAltNames. ValueError if the file
-    is not a certificate; OSError if it cannot be read."""
+    """The names a PEM certificate gives its subject: its common names and DNS subjectAltNames. ValueError if the
+    file is not a certificate; OSError if it cannot be read."""
+    with open(cert_path, "rb") as file:
+        data = file.read()
     try:
-        decoded = ssl._ssl._test_decode_cert(cert_path)  # the standard library's own reader: no extra dependency
-    except ssl.SSLError as error:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError as error:
         raise ValueError(f"{cert_path} is not a PEM certificate ({error})") from None
-    names = [value for entry in decoded.get("subject", ()) for key, value in entry if key == "commonName"]
-    return names + [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
+    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    try:
+        alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return names
+    return names + alternatives.get_values_for_type(x509.DNSName)
 
 
 def peer_names(context: grpc.aio.ServicerContext) -> list[str]:
