@@ -9,10 +9,10 @@ import sys
 
 import grpc
 
-from fl.config import ConfigError, load_config, validate_delivery
+from fl.config import ConfigError, load_config, read_secret, validate_delivery
 from fl.errors import ClientsGone, Diverged
 from transport.channel import UpdateRefused
-from transport.grpc_server import ListenError
+from transport.grpc_common import ListenError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -117,7 +117,7 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from fl.node import Security, parse_peers, read_secret, run_node
+    from fl.node import Security, parse_peers, run_node
 
     config = load_config(args.config, args.overrides)
     transport = config.transport
@@ -132,13 +132,11 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from transport.auth import client_token
 
     if args.client_id < 0:
         raise ConfigError(f"--client-id must be >= 0, got {args.client_id} (no token acts for every client)")
-    print(client_token(Path(args.secret_file).read_bytes().strip(), args.client_id))
+    print(client_token(read_secret(args.secret_file), args.client_id))
     return 0
 
 

@@ -272,6 +272,20 @@ def read_config_file(path: str | Path) -> str:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
 
 
+def read_secret(path: str) -> bytes:
+    """The secret (of a server's tokens, or of the nodes') in the file `path` (whitespace around it dropped); ConfigError for a missing, unreadable or
+    empty file or a directory."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except IsADirectoryError:
+        raise ConfigError(f"the secret file {path} is a directory; give the file that holds the secret") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the secret file {path}: {error.strerror or error}") from None
+    if not secret:
+        raise ConfigError(f"the secret file {path} is empty: tokens under an empty secret prove nothing")
+    return secret
+
+
 def _one_of(key: str, value: str, allowed: Any) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(allowed)}")

@@ -29,6 +29,7 @@ from fl.node import Node, Security
 from fl.pool import balance
 from fl.training import LocalTrainer
 from transport.gossip_peer import GossipClient, GossipServer
+from transport.grpc_common import ServerLimits
 
 SENDERS = 8  # messages a host pushes at once
 
@@ -43,6 +44,7 @@ class HostLink:
     security: Security = Security()
     chunk_bytes: int = 1 << 20
     timeout_seconds: float = 120.0
+    limits: ServerLimits = ServerLimits()  # each host's gossip server: idle deadline, calls per sender
 
 
 class NodeHost:
@@ -55,7 +57,7 @@ class NodeHost:
         security = link.security
         tls = (security.tls_cert, security.tls_key) if security.tls_cert else None
         self.server = GossipServer(self.inboxes, f"{link.host}:0", tls=tls, auth_secret=security.secret,
-                                   chunk_size=link.chunk_bytes)
+                                   chunk_size=link.chunk_bytes, limits=link.limits)
         self.address = advertised_address(f"{link.host}:0", self.server.port)
         self.link = link
         self.clients: dict[int, GossipClient] = {}  # receiver -> the client of its host

@@ -19,7 +19,8 @@ from transport.codecs.cast import IdentityCodec
 from transport.downlink import Broadcast
 from transport.grpc_client import FederationClient
 from transport.board import TaskBoard
-from transport.grpc_server import ServerLimits, serve
+from transport.grpc_common import ServerLimits
+from transport.grpc_server import serve
 from transport.messages import Result, Task
 
 

@@ -69,20 +69,6 @@ class Security:
     secret: bytes | None = None
 
 
-def read_secret(path: str) -> bytes:
-    """The nodes' secret in the file `path` (whitespace around it dropped); ConfigError for a missing, unreadable or
-    empty file or a directory."""
-    try:
-        secret = Path(path).read_bytes().strip()
-    except IsADirectoryError:
-        raise ConfigError(f"the secret file {path} is a directory; give the file that holds the secret") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read the secret file {path}: {error.strerror or error}") from None
-    if not secret:
-        raise ConfigError(f"the secret file {path} is empty: tokens under an empty secret prove nothing")
-    return secret
-
-
 def per_node_certificate(security: Security, node_id: int) -> bool:
     """Whether the node has a certificate of its own (one naming "node-ID"): then it runs mutual TLS. ConfigError
     for a certificate that names another node, or one without the CA (root certificate) that checks its peers'."""

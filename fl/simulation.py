@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from fl.config import ConfigError, DevicesConfig, RunConfig, TransportConfig, parse_listen, to_dict
+from fl.config import ConfigError, DevicesConfig, RunConfig, TransportConfig, parse_listen, read_secret, to_dict
 from fl.gossip_hosts import HostLink, Hosts, LocalHosts
 from fl.gossip_sim import GossipRun, GossipSetup, gossip_setup, in_process_run
 from fl.grpc_channel import GrpcChannel, GrpcSettings
@@ -36,7 +36,7 @@ from simulations.availability import availability_probabilities
 from simulations.federated_data import FederatedData
 from simulations.profiles import sample_profiles
 from strategies.registry import kind, strategy_config
-from transport.grpc_server import ServerLimits
+from transport.grpc_common import ServerLimits
 from transport.inprocess import InProcessChannel
 
 
@@ -78,7 +78,7 @@ def server_setup(config: RunConfig, data: FederatedData, model_fn: ModelFn) -> S
 
 
 def grpc_settings(transport: TransportConfig) -> GrpcSettings:
-    secret = Path(transport.auth_secret_file).read_bytes().strip() if transport.auth_secret_file else None
+    secret = read_secret(transport.auth_secret_file) if transport.auth_secret_file else None
     limits = ServerLimits(idle_seconds=transport.idle_seconds, calls_per_client=transport.calls_per_client)
     return GrpcSettings(transport.listen, transport.chunk_bytes, transport.max_message_bytes, transport.timeout_seconds,
                         transport.tls_cert, transport.tls_key, transport.tls_root_cert, secret, limits)
@@ -90,7 +90,8 @@ def hosts_factory(config: RunConfig) -> Callable[[GossipSetup], Hosts]:
     transport = config.transport
     settings = grpc_settings(transport)
     security = Security(transport.tls_cert, transport.tls_key, transport.tls_root_cert, settings.auth_secret)
-    link = HostLink(transport.listen.rsplit(":", 1)[0], security, transport.chunk_bytes, transport.timeout_seconds)
+    link = HostLink(transport.listen.rsplit(":", 1)[0], security, transport.chunk_bytes, transport.timeout_seconds,
+                    settings.limits)
     if config.runtime.backend == "local":
         return functools.partial(LocalHosts, link=link)
     if config.runtime.address:

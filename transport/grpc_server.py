@@ -24,13 +24,12 @@ from transport.board import Refused, TaskBoard
 from transport.channel import ValuesRefused, refused_result
 from transport.messages import Result, Task, tensor_bytes
 from transport.proto import fl_pb2
-from transport.grpc_common import (AioServer, CallSlots, ListenError, ServerLimits, aio_server, invalid_argument,
+from transport.grpc_common import (AioServer, CallSlots, ServerLimits, aio_server, invalid_argument,
                                    listen, parse, read_frames, refusals)
 
 Code = grpc.StatusCode
 MAX_WAIT_SECONDS = 30.0  # the longest a PullTask call is held before it answers WAIT
 
-_refusals, _parse, _invalid_argument = refusals, parse, invalid_argument  # shared with the gossip server
 
 
 class _Wakeup:
@@ -64,9 +63,9 @@ class FederationServicer:
         self.max_message_bytes, self.limits, self.wakeup = max_message_bytes, limits, wakeup
         self._calls = CallSlots()  # calls in progress per client id
 
-    @_refusals
+    @refusals
     async def Join(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(fl_pb2.JoinRequest, request)
+        request = parse(fl_pb2.JoinRequest, request)
         self._check_client(context, request.client_id)
         with self._slot(request.client_id):
             session = self.board.join(request.client_id, request.replace)
@@ -75,9 +74,9 @@ class FederationServicer:
                                 version=-1 if version is None else version, config=self.board.welcome,
                                 session=session).SerializeToString()
 
-    @_refusals
+    @refusals
     async def PullTask(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
-        request = _parse(fl_pb2.TaskRequest, request)
+        request = parse(fl_pb2.TaskRequest, request)
         self._check_client(context, request.client_id)
         with self._slot(request.client_id):
             if request.task_ids:
@@ -114,9 +113,9 @@ class FederationServicer:
                                   tensor_bytes(task.state))
         return sent
 
-    @_refusals
+    @refusals
     async def FetchParams(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
-        request = _parse(fl_pb2.ParamsRequest, request)
+        request = parse(fl_pb2.ParamsRequest, request)
         self._check_client(context, request.client_id)
         with self._slot(request.client_id):
             self.board._check_session(request.client_id, _session(context))
@@ -125,7 +124,7 @@ class FederationServicer:
                 frames = self._counted(request.client_id, frames)
             await self._write(context, frames)
 
-    @_refusals
+    @refusals
     async def PushResult(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         """One result, or a worker's several back to back. Each is checked and stored on its own once the frame after
         it is another result or the end; a refusal leaves the results before it stored and the rest unread."""
@@ -141,7 +140,7 @@ class FederationServicer:
                 slot.enter_context(self._slot(frame.result.client_id if frame is not None else WORKER))
             while True:
                 if frame is None or frame.WhichOneof("body") != "result":
-                    _invalid_argument(framing.read_header, iter([] if frame is None else [frame]), ("result",))
+                    invalid_argument(framing.read_header, iter([] if frame is None else [frame]), ("result",))
                 header, first_size = frame.result, len(sizes) - 1
                 _same_client(proven, header.client_id)
                 self.board._reserve(header.task_id, header.client_id, header.version, header.kind, session)
@@ -164,14 +163,14 @@ class FederationServicer:
         """The admitted result (or the refused one, with why) and the frame after it (another result's header, or
         None at the end)."""
         about = f"client {header.result.client_id}, task {header.result.task_id}: "
-        reader = _invalid_argument(framing.PartsReader, header, self.board.upload_limit(), about=about)
+        reader = invalid_argument(framing.PartsReader, header, self.board.upload_limit(), about=about)
         while not reader.done and (frame := await anext(frames, None)) is not None:
-            _invalid_argument(reader.feed, frame, about=about)
-        parts = _invalid_argument(reader.result, about=about)
+            invalid_argument(reader.feed, frame, about=about)
+        parts = invalid_argument(reader.result, about=about)
         after = await anext(frames, None)
         if after is not None and after.WhichOneof("body") != "result":
             raise Refused(Code.INVALID_ARGUMENT, about + str(framing.surplus(after)))
-        return await asyncio.to_thread(_invalid_argument, self._admitted, header, parts, about=about), after
+        return await asyncio.to_thread(invalid_argument, self._admitted, header, parts, about=about), after
 
     def _admitted(self, header: fl_pb2.Frame, parts: list[bytearray]) -> tuple[Result, ValuesRefused | None]:
         _, result = wire.result_from_frame(header, parts)

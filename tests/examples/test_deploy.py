@@ -16,15 +16,18 @@ from fl.config import load_config
 from fl.simulation import run_simulation
 from transport.grpc_client import FederationClient
 
-CONFIG = """
-name = "deploy"
-rounds = 3
+THREE_CLIENTS = """
 [data]
 num_clients = 3
 [sampling]
 per_round = 3
 [model]
 hidden = [16]
+"""  # the tables of a small deployment, after a config's top-level keys
+CONFIG = """
+name = "deploy"
+rounds = 3
+""" + THREE_CLIENTS + """
 [strategy]
 name = "scaffold"
 [transport]

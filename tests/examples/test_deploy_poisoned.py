@@ -13,7 +13,7 @@ import torch
 from fl.config import load_config
 from fl.params import ParamSpec
 from fl.scenario import build_data, build_model_fn
-from tests.examples.test_deploy import fl_command, start_server
+from tests.examples.test_deploy import THREE_CLIENTS, fl_command, start_server
 from transport.codecs.cast import IdentityCodec
 from transport.grpc_client import DONE, WAIT, FederationClient
 from transport.messages import TRAIN, Result
@@ -21,12 +21,7 @@ from transport.messages import TRAIN, Result
 CONFIG = """
 name = "poisoned"
 rounds = 6
-[data]
-num_clients = 3
-[sampling]
-per_round = 3
-[model]
-hidden = [16]
+""" + THREE_CLIENTS + """
 [client]
 steps = 2
 [strategy]

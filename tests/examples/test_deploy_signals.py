@@ -8,18 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.examples.test_deploy import fl_command, start_server
+from tests.examples.test_deploy import THREE_CLIENTS, fl_command, start_server
 
 CONFIG = """
 name = "long"
 rounds = 500
-[data]
-num_clients = 3
-[sampling]
-per_round = 3
-[model]
-hidden = [16]
-"""
+""" + THREE_CLIENTS
 
 
 def wait_for_rows(metrics: Path, timeout: float = 60.0) -> None:

@@ -14,7 +14,8 @@ from tests.grpc_helpers import CHUNK, PayloadAdmission, raw
 from transport.auth import client_token
 from transport.board import Refused, TaskBoard
 from transport.grpc_client import Assignment, FederationClient
-from transport.grpc_server import ServerLimits, serve
+from transport.grpc_common import ServerLimits
+from transport.grpc_server import serve
 from transport.messages import Task
 from transport.proto import fl_pb2
 

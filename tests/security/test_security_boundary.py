@@ -29,7 +29,8 @@ from transport import framing
 from transport.auth import WORKER, auth_metadata, client_token, worker_token
 from transport.board import TaskBoard
 from transport.grpc_client import FederationClient
-from transport.grpc_server import ListenError, serve
+from transport.grpc_common import ListenError
+from transport.grpc_server import serve
 from transport.channel import UpdateRefused
 from transport.inprocess import InProcessChannel
 from transport.messages import TRAIN, Result, Task

@@ -25,7 +25,8 @@ from tests.grpc_helpers import CHUNK, SIZE, PayloadAdmission, raw, result
 from transport import framing, wire
 from transport.board import TaskBoard
 from transport.grpc_client import FederationClient
-from transport.grpc_server import ServerLimits, serve
+from transport.grpc_common import ServerLimits
+from transport.grpc_server import serve
 from transport.messages import Result, Task
 from transport.proto import fl_pb2
 
