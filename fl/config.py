@@ -273,8 +273,8 @@ def read_config_file(path: str | Path) -> str:
 
 
 def read_secret(path: str) -> bytes:
-    """The secret (of a server's tokens, or of the nodes') in the file `path` (whitespace around it dropped); ConfigError for a missing, unreadable or
-    empty file or a directory."""
+    """The secret (of a server's tokens, or of the nodes') in the file `path`, whitespace around it dropped;
+    ConfigError for a missing, unreadable or empty file or a directory."""
     try:
         secret = Path(path).read_bytes().strip()
     except IsADirectoryError:

@@ -97,3 +97,21 @@ def test_clients_hear_why_a_failed_server_stopped(tmp_path):
         (Code.ABORTED, "the server stopped the run: RuntimeError: the disk is full")}
     for client in clients:
         client.close()
+
+
+def test_a_client_killed_mid_task_at_the_end_is_named_when_the_server_stops(tmp_path, capsys):
+    # Prepare: client 0 takes a task and dies; clients 1 and 2 answer, which publishes the run's last version
+    server, clients = async_deployment(tmp_path)
+    with running_round(server, 1):
+        clients[0].pull()
+        clients[0].close()
+        for client in clients[1:]:
+            client.send(client.compute(client.pull()))
+    # Execute: the run ends; the live clients hear it, the dead one never asks
+    server.channel.board.close()
+    for client in clients[1:]:
+        assert client.connection.pull_task(client.client_id) == "done"
+        client.close()
+    server.close()
+    # Assert
+    assert f"clients 0 did not ask again within {TIMEOUT} s of the end (presumed gone)" in capsys.readouterr().err
