@@ -92,3 +92,11 @@ class AsyncGossipRun(GossipRun):
             self.edge_bytes[(node, peer)] += size
             self._round_bytes += size
         return outcome.loss
+
+
+def in_process_run(setup: GossipSetup, devices: dict[str, str]) -> GossipRun:
+    """A decentralized run in this process: rounds of synchronous gossip, or asynchronous gossip on the clock (whose
+    nodes wake by `devices`, the `[devices]` table)."""
+    if getattr(type(setup.strategy), "asynchronous", False):
+        return AsyncGossipRun(setup, devices)
+    return GossipRun(setup)

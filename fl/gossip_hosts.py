@@ -14,8 +14,6 @@ order, so every host count and placement gives the in-process "nodes" engine's b
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -23,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from fl.gossip_sim import GossipSetup
+from fl.gossip_sim import GossipSetup, Hosts
 from fl.grpc_channel import advertised_address
 from fl.node import Node, Security
 from fl.pool import balance
@@ -121,38 +119,6 @@ def placement(setup: GossipSetup, num_hosts: int) -> list[list[int]]:
 def addresses_of(groups: list[list[int]], addresses: list[str]) -> dict[int, str]:
     """node -> the address of the host that keeps it."""
     return {node: address for group, address in zip(groups, addresses) for node in group}
-
-
-class Hosts(ABC):
-    """The hosts of one run, driven in lockstep."""
-
-    num_nodes: int
-
-    @abstractmethod
-    def call(self, method: str, *args: Any) -> list[Any]:
-        """`method(*args)` on every host (all at once where they run apart); their answers, host by host."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Stop every host."""
-
-    def run_round(self, round: int, steps: int) -> tuple[Tensor, Tensor, dict[tuple[int, int], int]]:
-        """Train, then `steps` gossip steps (every host sends, then every host mixes); (losses by node,
-        [nodes, params] models in node order, payload bytes per directed edge)."""
-        losses: dict[int, float] = {}
-        for answer in self.call("train", round):
-            losses.update(answer)
-        for step in range(steps):
-            self.call("send", round, step)
-            self.call("mix", round, step)
-        models: dict[int, Tensor] = {}
-        edges: dict[tuple[int, int], int] = defaultdict(int)
-        for kept, carried in self.call("finish", round):
-            models.update(kept)
-            for edge, size in carried.items():
-                edges[edge] += size
-        order = range(self.num_nodes)
-        return torch.tensor([losses[n] for n in order]), torch.stack([models[n] for n in order]), dict(edges)
 
 
 class LocalHosts(Hosts):

@@ -24,11 +24,12 @@ path gives the same bits and bytes, with any number of hosts or workers. The vec
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 import inspect
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -55,12 +56,40 @@ from transport.codecs.registry import make_codec
 from transport.downlink import Broadcast
 from transport.messages import TRAIN, Task
 
-if TYPE_CHECKING:
-    from fl.gossip_hosts import Hosts
-
-
 VECTORIZED_FROM = 100  # "auto" takes the vectorized engine from this many nodes up, even where hosts could run them
 NODE_TEST = 2000  # test samples (a seeded subset of the central test set) each node's own model is evaluated on
+
+
+class Hosts(ABC):
+    """The hosts of one run (fl/gossip_hosts.py, fl/ray_runtime.py), driven in lockstep."""
+
+    num_nodes: int
+
+    @abstractmethod
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """`method(*args)` on every host (all at once where they run apart); their answers, host by host."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every host."""
+
+    def run_round(self, round: int, steps: int) -> tuple[Tensor, Tensor, dict[tuple[int, int], int]]:
+        """Train, then `steps` gossip steps (every host sends, then every host mixes); (losses by node,
+        [nodes, params] models in node order, payload bytes per directed edge)."""
+        losses: dict[int, float] = {}
+        for answer in self.call("train", round):
+            losses.update(answer)
+        for step in range(steps):
+            self.call("send", round, step)
+            self.call("mix", round, step)
+        models: dict[int, Tensor] = {}
+        edges: dict[tuple[int, int], int] = defaultdict(int)
+        for kept, carried in self.call("finish", round):
+            models.update(kept)
+            for edge, size in carried.items():
+                edges[edge] += size
+        order = range(self.num_nodes)
+        return torch.tensor([losses[n] for n in order]), torch.stack([models[n] for n in order]), dict(edges)
 
 
 class CodecCompressor:
@@ -350,16 +379,6 @@ class GossipRun:
         self.spec.load(self.model, params)
         loss_sum, correct, count = evaluate(self.model, self.test_x, self.test_y)
         return loss_sum / max(count, 1), correct / max(count, 1)
-
-
-def in_process_run(setup: GossipSetup, devices: dict[str, str]) -> GossipRun:
-    """A decentralized run in this process: rounds of synchronous gossip, or asynchronous gossip on the clock (whose
-    nodes wake by `devices`, the `[devices]` table)."""
-    if getattr(type(setup.strategy), "asynchronous", False):
-        from fl.gossip_async import AsyncGossipRun
-
-        return AsyncGossipRun(setup, devices)
-    return GossipRun(setup)
 
 
 def gossip_setup(config: Any, data: FederatedData, model_fn: ModelFn) -> GossipSetup:

@@ -20,7 +20,8 @@ import ray  # noqa: E402
 import torch
 from torch import Tensor
 
-from fl.gossip_hosts import HostLink, Hosts, NodeHost, addresses_of, placement
+from fl.gossip_hosts import HostLink, NodeHost, addresses_of, placement
+from fl.gossip_sim import Hosts
 from fl.pool import WorkerPool, balance, chunk_size
 from fl.worker import Worker, WorkerSetup, as_tensor
 from transport.channel import Channel, Endpoint

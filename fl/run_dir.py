@@ -107,11 +107,8 @@ class RunWriter:
         (self.path / name).write_text(strict_json(values) + "\n")
 
     def write_staleness(self, counts: dict[int, int]) -> None:
-        """staleness.json (applied updates per staleness) and staleness.png, its histogram."""
+        """staleness.json: applied updates per staleness (`fl.plot.plot_staleness` draws its histogram)."""
         (self.path / "staleness.json").write_text(strict_json({str(k): v for k, v in counts.items()}) + "\n")
-        from fl.plot import plot_staleness
-
-        plot_staleness(counts, self.path / "staleness.png")
 
     def close(self) -> None:
         self._metrics.close()

@@ -18,8 +18,9 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from fl.config import ConfigError, DevicesConfig, RunConfig, TransportConfig, parse_listen, read_secret, to_dict
-from fl.gossip_hosts import HostLink, Hosts, LocalHosts
-from fl.gossip_sim import GossipRun, GossipSetup, gossip_setup, in_process_run
+from fl.gossip_async import in_process_run
+from fl.gossip_hosts import HostLink, LocalHosts
+from fl.gossip_sim import GossipRun, GossipSetup, Hosts, gossip_setup
 from fl.grpc_channel import GrpcChannel, GrpcSettings
 from fl.models import ModelFn
 from fl.node import Security
@@ -280,6 +281,9 @@ def run_simulation(
                 writer.write_events(events)
             if staleness:
                 writer.write_staleness(staleness)
+                from fl.plot import plot_staleness  # matplotlib only when a run has a histogram to draw
+
+                plot_staleness(staleness, writer.path / "staleness.png")
     finally:
         if writer:
             writer.close()
